@@ -1,0 +1,160 @@
+"""neuron.toml → a frozen `NeuronConfig`.
+
+A missing file means defaults (a development host); a present file is read strictly: unknown
+keys and bad values stop startup with the file, key and line named. Environment overrides are
+applied here and nowhere else: `NEURON_TOKEN` (admin bearer token), `HF_HUB_CACHE` / `HF_HOME`
+(cache precedence is `hf_cache` > `HF_HUB_CACHE` > `HF_HOME/hub` > huggingface-hub's default).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cortex.tomlconf import (
+    ConfigError,
+    TomlTable,
+    listen_address,
+    non_negative,
+    parse_listen,
+    positive,
+)
+
+DEFAULT_CONFIG_PATH = Path("/etc/neuron/neuron.toml")
+DEFAULT_LISTEN = "0.0.0.0:13131"
+DEFAULT_N_CTX = 4096
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model to hold: served as `id`, weights from `source` (absent: the id is the source)."""
+
+    id: str
+    source: str | None = None
+    n_ctx: int | None = None
+    n_gpu_layers: int | None = None
+    embedding: bool = False
+
+    @property
+    def source_or_id(self) -> str:
+        return self.source or self.id
+
+
+@dataclass(frozen=True)
+class Admission:
+    max_in_flight: int = 1
+    max_queue_depth: int = 16
+    max_wait_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class NeuronConfig:
+    listen: str = DEFAULT_LISTEN
+    model_dirs: tuple[Path, ...] = ()
+    hf_cache: Path | None = None
+    vram_headroom_mb: int = 512
+    default_n_ctx: int = DEFAULT_N_CTX
+    n_threads: int | None = None
+    default_models: tuple[ModelSpec, ...] = ()
+    admission: Admission = field(default_factory=Admission)
+    auth_token: str | None = None
+    drain_timeout_s: float = 60.0
+    source_path: Path | None = None
+
+    @property
+    def host(self) -> str:
+        return parse_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return parse_listen(self.listen)[1]
+
+    def resolved_hf_cache(self) -> Path | None:
+        """The HF hub cache to use; None lets huggingface-hub pick its own default."""
+        if self.hf_cache is not None:
+            return self.hf_cache
+        if os.environ.get("HF_HUB_CACHE"):
+            return Path(os.environ["HF_HUB_CACHE"])
+        if os.environ.get("HF_HOME"):
+            return Path(os.environ["HF_HOME"]) / "hub"
+        return None
+
+
+def default_model_dirs() -> tuple[Path, ...]:
+    data_home = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return (data_home / "neuron" / "models",)
+
+
+def load_config(path: Path | None = None) -> NeuronConfig:
+    """Read `path` (default /etc/neuron/neuron.toml); a missing default file means defaults."""
+    explicit = path is not None
+    path = path or DEFAULT_CONFIG_PATH
+    if not path.exists():
+        if explicit:
+            raise ConfigError(path, "", "file not found")
+        return _with_env(NeuronConfig(model_dirs=default_model_dirs()))
+    root = TomlTable.load(path)
+    admission_table = root.table("admission")
+    admission = Admission(
+        max_in_flight=admission_table.get("max_in_flight", int, 1, positive),
+        max_queue_depth=admission_table.get("max_queue_depth", int, 16, non_negative),
+        max_wait_s=admission_table.get("max_wait_s", float, 120.0, positive),
+    )
+    admission_table.finish()
+    auth = root.table("auth")
+    token = auth.get("token", str, None) or None
+    auth.finish()
+    hf_cache = root.get("hf_cache", str, None)
+    n_threads = root.get("n_threads", int, 0, non_negative)
+    config = NeuronConfig(
+        listen=root.get("listen", str, DEFAULT_LISTEN, listen_address),
+        model_dirs=tuple(_expand(d) for d in root.strings("model_dirs"))
+        if "model_dirs" in root.data
+        else default_model_dirs(),
+        hf_cache=_expand(hf_cache) if hf_cache else None,
+        vram_headroom_mb=root.get("vram_headroom_mb", int, 512, non_negative),
+        default_n_ctx=root.get("default_n_ctx", int, DEFAULT_N_CTX, positive),
+        n_threads=n_threads or None,
+        default_models=tuple(_model_specs(root)),
+        admission=admission,
+        auth_token=token,
+        drain_timeout_s=root.get("drain_timeout_s", float, 60.0, positive),
+        source_path=path,
+    )
+    root.finish()
+    return _with_env(config)
+
+
+def _model_specs(root: TomlTable) -> list[ModelSpec]:
+    """`default_models` entries: a string (id = source) or a table {id, source, n_ctx, ...}."""
+    specs = []
+    for index, item in enumerate(root.get("default_models", list, [])):
+        if isinstance(item, str):
+            specs.append(ModelSpec(id=item))
+            continue
+        if not isinstance(item, dict):
+            raise root.error("default_models", "entries must be strings or tables")
+        entry = TomlTable(root.path, root.text, item, f"default_models[{index}]")
+        specs.append(
+            ModelSpec(
+                id=entry.get("id", str),
+                source=entry.get("source", str, None),
+                n_ctx=entry.get("n_ctx", int, None, positive),
+                n_gpu_layers=entry.get("n_gpu_layers", int, None),
+                embedding=entry.get("embedding", bool, False),
+            )
+        )
+        entry.finish()
+    return specs
+
+
+def _expand(value: str) -> Path:
+    return Path(os.path.expandvars(value)).expanduser()
+
+
+def _with_env(config: NeuronConfig) -> NeuronConfig:
+    from dataclasses import replace
+
+    token = os.environ.get("NEURON_TOKEN")
+    return replace(config, auth_token=token) if token else config
