@@ -127,7 +127,7 @@ class TomlTable:
         out = []
         for index, item in enumerate(values):
             if not isinstance(item, dict):
-                raise self.error(key, "expected an array of tables ([[%s]])" % key)
+                raise self.error(key, f"expected an array of tables ([[{key}]])")
             out.append(TomlTable(self.path, self.text, item, f"{self.dotted(key)}[{index}]"))
         return out
 
@@ -163,5 +163,14 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 def _names(kinds: tuple[type, ...]) -> str:
-    return " or ".join({str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-                        list: "a list", dict: "a table"}.get(k, k.__name__) for k in kinds)
+    return " or ".join(
+        {
+            str: "a string",
+            int: "an integer",
+            float: "a number",
+            bool: "a boolean",
+            list: "a list",
+            dict: "a table",
+        }.get(k, k.__name__)
+        for k in kinds
+    )

@@ -1,0 +1,158 @@
+"""Lifecycle routes: /discovery, /health, /models, /models/plan, /models/load, /models/unload.
+
+`/models/load` and `/models/unload` need `Authorization: Bearer <token>` when the neuron has a
+token; the read-only routes are open so that a gateway and operators can always look.
+"""
+
+from __future__ import annotations
+
+import hmac
+import socket
+import time
+from typing import Any
+
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, json
+
+from neuron import __version__
+from neuron.api.schema import require_object
+from neuron.config import ModelSpec
+from neuron.errors import InvalidRequest, Unauthorized
+from neuron.manager import ModelManager
+
+bp = Blueprint("lifecycle")
+
+
+def _manager(request: Request) -> ModelManager:
+    return request.app.ctx.manager
+
+
+def _require_token(request: Request) -> None:
+    token = request.app.ctx.config.auth_token
+    if not token:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip(), token):
+        raise Unauthorized("a valid bearer token is required for this route")
+
+
+def _string(body: dict[str, Any], name: str, required: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"'{name}' must be a non-empty string", param=name)
+    return value
+
+
+def _positive_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidRequest(f"'{name}' must be an integer ≥ {minimum}", param=name)
+    return value
+
+
+@bp.get("/discovery")
+async def discovery(request: Request) -> HTTPResponse:
+    probe = request.app.ctx.probe
+    body: dict[str, Any] = {
+        "hostname": socket.gethostname(),
+        "version": __version__,
+        "devices": [
+            {
+                "index": device.index,
+                "name": device.name,
+                "vram_total_mb": device.vram_total_mb,
+                "compute_capability": device.compute_capability,
+            }
+            for device in probe.devices()
+        ],
+        "backend": "cuda" if request.app.ctx.gpu_offload else "cpu",
+        "gpu_probe": probe.kind,
+        "driver_version": probe.driver_version,
+        "cuda_version": probe.cuda_version,
+    }
+    if not request.app.ctx.gpu_offload:
+        body["cuda_unavailable_reason"] = (
+            probe.backend_reason or "llama-cpp-python was built without GPU offload"
+        )
+    return json(body)
+
+
+@bp.get("/health")
+async def health(request: Request) -> HTTPResponse:
+    manager = _manager(request)
+    devices = [
+        {
+            "index": status.index,
+            "vram_total_mb": status.vram_total_mb,
+            "vram_used_mb": status.vram_used_mb,
+            "vram_free_mb": status.vram_free_mb,
+            "utilization_pct": status.utilization_pct,
+            "temp_c": status.temp_c,
+        }
+        for status in request.app.ctx.probe.status()
+    ]
+    return json(
+        {
+            "status": "draining" if manager.draining else "ok",
+            "uptime_s": round(time.time() - manager.started_at, 1),
+            "draining": manager.draining,
+            "devices": devices,
+            "models": manager.health(),
+        }
+    )
+
+
+@bp.get("/models")
+async def models(request: Request) -> HTTPResponse:
+    return json([resident.describe() for resident in _manager(request).models.values()])
+
+
+@bp.post("/models/plan")
+async def plan(request: Request) -> HTTPResponse:
+    body = require_object(request.json)
+    model = _string(body, "model", required=True)
+    assert model is not None
+    source = _string(body, "source") or model
+    placement = await _manager(request).placement(source, _positive_int(body, "n_ctx", 16))
+    return json({"model": model, **placement.describe()})
+
+
+@bp.post("/models/load")
+async def load(request: Request) -> HTTPResponse:
+    _require_token(request)
+    body = require_object(request.json)
+    embedding = body.get("embedding", False)
+    if not isinstance(embedding, bool):
+        raise InvalidRequest("'embedding' must be a boolean", param="embedding")
+    n_gpu_layers = body.get("n_gpu_layers")
+    if n_gpu_layers is not None and (
+        isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < -1
+    ):
+        raise InvalidRequest("'n_gpu_layers' must be an integer ≥ -1", param="n_gpu_layers")
+    spec = ModelSpec(
+        id=_string(body, "model", required=True) or "",
+        source=_string(body, "source"),
+        n_ctx=_positive_int(body, "n_ctx", 16),
+        n_gpu_layers=n_gpu_layers,
+        embedding=embedding,
+    )
+    resident = await _manager(request).load(spec)
+    return json({"model": spec.id, **resident.describe()})
+
+
+@bp.post("/models/unload")
+async def unload(request: Request) -> HTTPResponse:
+    _require_token(request)
+    body = require_object(request.json)
+    model = _string(body, "model", required=True)
+    assert model is not None
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise InvalidRequest("'force' must be a boolean", param="force")
+    await _manager(request).unload(model, force=force)
+    return json({"model": model, "state": "unloaded"})

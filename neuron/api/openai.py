@@ -1,0 +1,251 @@
+"""OpenAI-compatible inference routes: /v1/chat/completions, /v1/completions, /v1/embeddings,
+/v1/models.
+
+Handlers parse (api.schema), hold an admission slot (manager.serving), run the generation on the
+model's engine thread, and render. Streams are relayed chunk by chunk as llama.cpp produces them;
+a client that goes away cancels its handler, which cancels the engine job at the next token.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+import time
+from typing import Any
+
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse, json
+
+from neuron.api.schema import (
+    GenerationRequest,
+    chat_request,
+    completion_request,
+    embedding_request,
+)
+from neuron.api.sse import DONE, SSE_HEADERS, sse_data
+from neuron.engine import Usage
+from neuron.errors import ContextLengthExceeded, InvalidRequest, NeuronError
+from neuron.manager import ModelManager, ModelState, Resident
+
+bp = Blueprint("openai", url_prefix="/v1")
+
+
+def _manager(request: Request) -> ModelManager:
+    return request.app.ctx.manager
+
+
+@bp.get("/models")
+async def list_models(request: Request) -> HTTPResponse:
+    data = [
+        {
+            "id": resident.spec.id,
+            "object": "model",
+            "created": int(resident.loaded_at or 0),
+            "owned_by": "neuron",
+            "state": resident.state.value,
+            "capabilities": list(resident.capabilities),
+        }
+        for resident in _manager(request).models.values()
+        if resident.state is ModelState.READY
+    ]
+    return json({"object": "list", "data": data})
+
+
+@bp.post("/chat/completions")
+async def chat_completions(request: Request) -> HTTPResponse | None:
+    req = chat_request(request.json)
+    capability = "tools" if req.tools and req.tool_choice != "none" else "chat"
+    async with _manager(request).serving(req.model, capability) as resident:
+        return await _generate(request, resident, req, _chat_work(req))
+
+
+@bp.post("/completions")
+async def completions(request: Request) -> HTTPResponse | None:
+    req = completion_request(request.json)
+    async with _manager(request).serving(req.model, "completion") as resident:
+        return await _generate(request, resident, req, _completion_work(req))
+
+
+@bp.post("/embeddings")
+async def embeddings(request: Request) -> HTTPResponse:
+    req = embedding_request(request.json)
+    async with _manager(request).serving(req.model, "embedding") as resident:
+        assert resident.engine is not None
+
+        def work(llama: Any, _job: Any) -> dict[str, Any]:
+            n_ctx = llama.n_ctx()
+            for index, text in enumerate(req.inputs):
+                if len(llama.tokenize(text.encode(), add_bos=True, special=True)) > n_ctx:
+                    raise ContextLengthExceeded(
+                        f"input[{index}] is longer than the model's context of {n_ctx} tokens",
+                        param="input",
+                    )
+            return llama.create_embedding(input=req.inputs, model=req.model)
+
+        result = await resident.engine.call(work)
+    if req.encoding_format == "base64":
+        for item in result["data"]:
+            vector = item["embedding"]
+            item["embedding"] = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return json(result)
+
+
+# -- work run on the engine thread ---------------------------------------------------------------
+
+
+def _check_context(llama: Any, prompt_tokens: int) -> None:
+    if prompt_tokens >= llama.n_ctx():
+        raise ContextLengthExceeded(
+            f"the prompt is {prompt_tokens} tokens; this model's context is {llama.n_ctx()}",
+            param="messages",
+        )
+
+
+def _chat_prompt_tokens(llama: Any, messages: list[dict[str, Any]]) -> int:
+    """Token count of the prompt the model's own chat template makes of `messages`."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:
+        return 0
+    formatter = Jinja2ChatFormatter(
+        template=template,
+        eos_token=llama._model.token_get_text(llama.token_eos()),
+        bos_token=llama._model.token_get_text(llama.token_bos()),
+    )
+    prompt = formatter(messages=messages).prompt
+    return len(llama.tokenize(prompt.encode(), add_bos=False, special=True))
+
+
+def _fresh_context_for_seed(llama: Any, req: GenerationRequest) -> None:
+    """A seeded request must not depend on what ran before it.
+
+    llama-cpp-python reuses the KV cache of a shared prompt prefix; evaluating a prompt in
+    different batch shapes changes logits in the last bits, enough to change what a seeded
+    sampler picks. Forgetting the cache makes the same seed give the same text.
+    """
+    if "seed" in req.sampling:
+        llama.reset()
+
+
+def _chat_work(req: GenerationRequest) -> Any:
+    def work(llama: Any, _job: Any) -> Any:
+        if req.tools is None:
+            _check_context(llama, _chat_prompt_tokens(llama, req.messages))
+        _fresh_context_for_seed(llama, req)
+        options = req.sampling
+        try:
+            if req.tools is not None and req.tool_choice != "none":
+                from llama_cpp.llama_chat_format import chatml_function_calling
+
+                return chatml_function_calling(
+                    llama=llama,
+                    messages=req.messages,
+                    tools=req.tools,
+                    tool_choice=req.tool_choice,
+                    stream=req.stream,
+                    model=req.model,
+                    **options,
+                )
+            return llama.create_chat_completion(
+                messages=req.messages, stream=req.stream, model=req.model, **options
+            )
+        except ValueError as exc:
+            # llama-cpp-python reports caller errors (context overflow, bad grammar) as ValueError
+            raise InvalidRequest(str(exc)) from exc
+
+    return work
+
+
+def _completion_work(req: GenerationRequest) -> Any:
+    def work(llama: Any, _job: Any) -> Any:
+        tokens = llama.tokenize(req.prompt.encode(), add_bos=True, special=True)
+        if len(tokens) >= llama.n_ctx():
+            raise ContextLengthExceeded(
+                f"the prompt is {len(tokens)} tokens; this model's context is {llama.n_ctx()}",
+                param="prompt",
+            )
+        _fresh_context_for_seed(llama, req)
+        try:
+            return llama.create_completion(
+                prompt=req.prompt, stream=req.stream, model=req.model, **req.sampling
+            )
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from exc
+
+    return work
+
+
+# -- rendering -----------------------------------------------------------------------------------
+
+
+async def _generate(
+    request: Request, resident: Resident, req: GenerationRequest, work: Any
+) -> HTTPResponse | None:
+    engine = resident.engine
+    assert engine is not None
+    if not req.stream:
+        result, usage = await engine.call_metered(work)
+        _record(resident, usage)
+        return json(result)
+
+    stream = engine.stream(work)
+    # Errors raised before the first chunk (bad input, context overflow) still get a proper
+    # status code; only failures after the headers went out become in-stream error events.
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        first = None
+    response = await request.respond(content_type="text/event-stream", headers=SSE_HEADERS)
+    assert response is not None
+    usage: Usage | None = None
+    last_chunk: dict[str, Any] | None = None
+    try:
+        if first is not None:
+            last_chunk, usage = first
+            await response.send(sse_data(last_chunk))
+        async for chunk, live_usage in stream:
+            last_chunk, usage = chunk, live_usage
+            await response.send(sse_data(chunk))
+    except NeuronError as exc:
+        await response.send(sse_data(exc.body()))
+    except Exception as exc:
+        await response.send(
+            sse_data(
+                {
+                    "error": {
+                        "message": str(exc),
+                        "type": "server_error",
+                        "code": "engine_failure",
+                        "param": None,
+                    }
+                }
+            )
+        )
+    finally:
+        await stream.aclose()
+    if usage is not None:
+        _record(resident, usage)
+        if req.include_usage and last_chunk is not None:
+            await response.send(
+                sse_data(
+                    {
+                        "id": last_chunk.get("id"),
+                        "object": last_chunk.get("object"),
+                        "created": last_chunk.get("created", int(time.time())),
+                        "model": req.model,
+                        "choices": [],
+                        "usage": usage.as_openai(),
+                    }
+                )
+            )
+    await response.send(DONE)
+    await response.eof()
+    return None
+
+
+def _record(resident: Resident, usage: Usage) -> None:
+    rate = usage.decode_tok_s
+    if rate is not None:
+        previous = resident.tok_s_decode
+        resident.tok_s_decode = rate if previous is None else 0.7 * previous + 0.3 * rate

@@ -1,0 +1,304 @@
+"""Validation of OpenAI request bodies into the keyword arguments llama-cpp-python takes.
+
+Pure: no sanic, no llama_cpp. Every problem is an `InvalidRequest` naming the offending `param`
+so that a client sees exactly which field to fix. Fields that OpenAI clients commonly send but
+that a local engine has no use for (`user`, `service_tier`, `store`, `metadata`, …) are ignored;
+fields whose meaning cannot be honoured (`n` > 1, `best_of`, `dimensions`) are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from neuron.errors import InvalidRequest
+
+_ROLES = {"system", "developer", "user", "assistant", "tool"}
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """A validated chat or completion request."""
+
+    model: str
+    stream: bool
+    include_usage: bool
+    sampling: dict[str, Any]
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    prompt: str = ""
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    logprobs: bool = False
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    model: str
+    inputs: list[str]
+    encoding_format: str
+
+
+def require_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return body
+
+
+def _get(body: dict[str, Any], name: str, kinds: tuple[type, ...], what: str) -> Any:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) and bool not in kinds:
+        raise InvalidRequest(f"'{name}' must be {what}", param=name)
+    if not isinstance(value, kinds):
+        raise InvalidRequest(f"'{name}' must be {what}, got {type(value).__name__}", param=name)
+    return value
+
+
+def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    value = _get(body, name, (int, float), "a number")
+    if value is not None and not low <= value <= high:
+        raise InvalidRequest(f"'{name}' must be between {low:g} and {high:g}", param=name)
+    return value
+
+
+def _integer(body: dict[str, Any], name: str, low: int, high: int | None = None) -> int | None:
+    value = _get(body, name, (int,), "an integer")
+    if value is not None and (value < low or (high is not None and value > high)):
+        bound = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise InvalidRequest(f"'{name}' must be {bound}", param=name)
+    return value
+
+
+def model_name(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("'model' is required and must be a non-empty string", param="model")
+    return model
+
+
+def _sampling(body: dict[str, Any]) -> dict[str, Any]:
+    if (n := _integer(body, "n", 1)) is not None and n != 1:
+        raise InvalidRequest("only n=1 is supported", param="n")
+    max_tokens = _integer(body, "max_completion_tokens", 1)
+    if max_tokens is None:
+        max_tokens = _integer(body, "max_tokens", 1)
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    elif stop is not None and (
+        not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop)
+    ):
+        raise InvalidRequest("'stop' must be a string or a list of strings", param="stop")
+    options = {
+        "max_tokens": max_tokens,
+        "temperature": _number(body, "temperature", 0, 2),
+        "top_p": _number(body, "top_p", 0, 1),
+        "top_k": _integer(body, "top_k", 0),
+        "min_p": _number(body, "min_p", 0, 1),
+        "seed": _get(body, "seed", (int,), "an integer"),
+        "stop": stop,
+        "presence_penalty": _number(body, "presence_penalty", -2, 2),
+        "frequency_penalty": _number(body, "frequency_penalty", -2, 2),
+        "repeat_penalty": _number(body, "repeat_penalty", 0, 10),
+    }
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
+    stream = bool(_get(body, "stream", (bool,), "a boolean"))
+    options = _get(body, "stream_options", (dict,), "an object") or {}
+    include_usage = bool(_get(options, "include_usage", (bool,), "a boolean"))
+    return stream, include_usage
+
+
+def _text_content(content: Any, index: int) -> str | None:
+    """Message content as text: a string, or a list of text parts joined."""
+    if content is None or isinstance(content, str):
+        return content
+    param = f"messages[{index}].content"
+    if not isinstance(content, list):
+        raise InvalidRequest("message content must be a string or a list of parts", param=param)
+    texts = []
+    for part in content:
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise InvalidRequest("content parts must be objects with a 'type'", param=param)
+        if part["type"] == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif part["type"] in {"image_url", "input_image", "input_audio", "file"}:
+            raise InvalidRequest(
+                f"this model takes text only; '{part['type']}' content is not supported",
+                param=param,
+                code="unsupported_content",
+            )
+        else:
+            raise InvalidRequest(f"unsupported content part type '{part['type']}'", param=param)
+    return "".join(texts)
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty list", param="messages")
+    out = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest("each message must be an object", param=f"messages[{index}]")
+        role = message.get("role")
+        if role not in _ROLES:
+            raise InvalidRequest(
+                f"message role must be one of {sorted(_ROLES)}", param=f"messages[{index}].role"
+            )
+        clean: dict[str, Any] = {
+            "role": "system" if role == "developer" else role,
+            "content": _text_content(message.get("content"), index),
+        }
+        if role == "assistant" and message.get("tool_calls") is not None:
+            if not isinstance(message["tool_calls"], list):
+                raise InvalidRequest(
+                    "'tool_calls' must be a list", param=f"messages[{index}].tool_calls"
+                )
+            clean["tool_calls"] = message["tool_calls"]
+        elif clean["content"] is None:
+            raise InvalidRequest("message content is required", param=f"messages[{index}].content")
+        if role == "tool":
+            clean["tool_call_id"] = message.get("tool_call_id")
+        if isinstance(message.get("name"), str):
+            clean["name"] = message["name"]
+        out.append(clean)
+    return out
+
+
+def _tools(body: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, Any]:
+    tools = body.get("tools")
+    if tools is None or tools == []:
+        return None, None
+    if not isinstance(tools, list):
+        raise InvalidRequest("'tools' must be a list", param="tools")
+    for index, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if (
+            not isinstance(tool, dict)
+            or tool.get("type") != "function"
+            or not isinstance(function, dict)
+            or not isinstance(function.get("name"), str)
+        ):
+            raise InvalidRequest(
+                "each tool must be {'type': 'function', 'function': {'name': ...}}",
+                param=f"tools[{index}]",
+            )
+    choice = body.get("tool_choice", "auto")
+    names = [tool["function"]["name"] for tool in tools]
+    if choice == "required":
+        # llama-cpp-python's ChatML tool handler forces a call only by naming the function.
+        if len(names) != 1:
+            raise InvalidRequest(
+                "tool_choice 'required' is supported with exactly one tool; name the function",
+                param="tool_choice",
+            )
+        choice = {"type": "function", "function": {"name": names[0]}}
+    elif isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+        if choice.get("type") != "function" or name not in names:
+            raise InvalidRequest(
+                "tool_choice must name one of the given tools", param="tool_choice"
+            )
+    elif choice not in ("auto", "none"):
+        raise InvalidRequest(
+            "tool_choice must be 'auto', 'none', 'required' or a function", param="tool_choice"
+        )
+    return tools, choice
+
+
+def chat_request(body: Any) -> GenerationRequest:
+    body = require_object(body)
+    model = model_name(body)
+    stream, include_usage = _stream_flags(body)
+    messages = _messages(body)
+    tools, tool_choice = _tools(body)
+    sampling = _sampling(body)
+    logprobs = bool(_get(body, "logprobs", (bool,), "a boolean"))
+    if logprobs:
+        sampling["logprobs"] = True
+        top = _integer(body, "top_logprobs", 0, 20)
+        if top is not None:
+            sampling["top_logprobs"] = top
+    response_format = _get(body, "response_format", (dict,), "an object")
+    if response_format and response_format.get("type") not in (None, "text"):
+        if response_format.get("type") not in ("json_object", "json_schema"):
+            raise InvalidRequest("unsupported response_format type", param="response_format")
+        sampling["response_format"] = _llama_response_format(response_format)
+    return GenerationRequest(
+        model=model,
+        stream=stream,
+        include_usage=include_usage,
+        sampling=sampling,
+        messages=messages,
+        tools=tools,
+        tool_choice=tool_choice,
+        logprobs=logprobs,
+    )
+
+
+def _llama_response_format(response_format: dict[str, Any]) -> dict[str, Any]:
+    if response_format["type"] == "json_object":
+        return {"type": "json_object"}
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    if not isinstance(schema, dict):
+        raise InvalidRequest("json_schema.schema must be an object", param="response_format")
+    return {"type": "json_object", "schema": schema}
+
+
+def completion_request(body: Any) -> GenerationRequest:
+    body = require_object(body)
+    model = model_name(body)
+    stream, include_usage = _stream_flags(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise InvalidRequest(
+            "'prompt' must be a string (batches are not supported)", param="prompt"
+        )
+    if body.get("best_of") not in (None, 1):
+        raise InvalidRequest("best_of is not supported", param="best_of")
+    sampling = _sampling(body)
+    logprobs = _integer(body, "logprobs", 0, 5)
+    if logprobs is not None:
+        sampling["logprobs"] = logprobs
+    if _get(body, "echo", (bool,), "a boolean"):
+        sampling["echo"] = True
+    suffix = _get(body, "suffix", (str,), "a string")
+    if suffix:
+        sampling["suffix"] = suffix
+    return GenerationRequest(
+        model=model,
+        stream=stream,
+        include_usage=include_usage,
+        sampling=sampling,
+        prompt=prompt,
+        logprobs=logprobs is not None,
+    )
+
+
+def embedding_request(body: Any) -> EmbeddingRequest:
+    body = require_object(body)
+    model = model_name(body)
+    raw = body.get("input")
+    inputs = [raw] if isinstance(raw, str) else raw
+    if (
+        not isinstance(inputs, list)
+        or not inputs
+        or not all(isinstance(item, str) and item for item in inputs)
+    ):
+        raise InvalidRequest(
+            "'input' must be a non-empty string or a list of non-empty strings", param="input"
+        )
+    if body.get("dimensions") is not None:
+        raise InvalidRequest("'dimensions' is not supported by this model", param="dimensions")
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise InvalidRequest(
+            "'encoding_format' must be 'float' or 'base64'", param="encoding_format"
+        )
+    return EmbeddingRequest(model=model, inputs=inputs, encoding_format=encoding)

@@ -1,0 +1,120 @@
+"""Wiring of the neuron's Sanic app: config, GPU probe, model manager, routes, error rendering.
+
+Every error leaves as the OpenAI envelope: `NeuronError`s with their own status, Sanic's
+(bad JSON, unknown route, wrong method, oversized body) with theirs, and anything unexpected as
+a 500 whose details go to the log only. SIGTERM and SIGINT drain before the server stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from sanic import Request, Sanic
+from sanic.exceptions import SanicException
+from sanic.response import HTTPResponse, json
+
+from neuron.api import lifecycle, openai
+from neuron.config import NeuronConfig
+from neuron.errors import NeuronError
+from neuron.gpu import GpuProbe, open_probe
+from neuron.manager import ModelManager
+
+log = logging.getLogger("neuron")
+
+_SANIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "timeout_error",
+    413: "invalid_request_error",
+    503: "service_unavailable",
+}
+
+
+def create_app(config: NeuronConfig, *, probe: GpuProbe | None = None) -> Sanic:
+    app = Sanic("neuron")
+    app.config.RESPONSE_TIMEOUT = 24 * 3600  # generations and loads take as long as they take
+    app.config.KEEP_ALIVE_TIMEOUT = 75
+    app.config.REQUEST_MAX_SIZE = 64 * 1024 * 1024
+    app.ctx.config = config
+    app.blueprint(lifecycle.bp)
+    app.blueprint(openai.bp)
+
+    @app.before_server_start
+    async def start(app: Sanic) -> None:
+        app.ctx.probe = probe or open_probe()
+        app.ctx.gpu_offload = _llama_gpu_offload()
+        app.ctx.manager = ModelManager(config, app.ctx.probe, app.ctx.gpu_offload)
+
+    @app.after_server_start
+    async def started(app: Sanic) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, lambda: app.add_task(_drain_and_stop(app)))
+        if config.default_models:
+            app.add_task(_preload(app))
+
+    @app.after_server_stop
+    async def stopped(app: Sanic) -> None:
+        await app.ctx.manager.drain(timeout_s=0)
+        app.ctx.probe.close()
+
+    app.error_handler.add(Exception, _render_error)
+    return app
+
+
+async def _render_error(request: Request, exc: Exception) -> HTTPResponse:
+    if isinstance(exc, NeuronError):
+        return json(exc.body(), status=exc.status, headers=exc.headers())
+    if isinstance(exc, SanicException):
+        status = exc.status_code
+        body = {
+            "error": {
+                "message": str(exc) or "request failed",
+                "type": _SANIC_ERROR_TYPES.get(status, "invalid_request_error"),
+                "code": None,
+                "param": None,
+            }
+        }
+        return json(body, status=status)
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    body = {
+        "error": {
+            "message": "internal error; see the neuron's log",
+            "type": "server_error",
+            "code": "internal_error",
+            "param": None,
+        }
+    }
+    return json(body, status=500)
+
+
+async def _drain_and_stop(app: Sanic) -> None:
+    manager: ModelManager = app.ctx.manager
+    if manager.draining:
+        return
+    log.info("draining: refusing new requests, waiting for in-flight ones")
+    await manager.drain(app.ctx.config.drain_timeout_s)
+    log.info("drained; stopping")
+    app.stop()
+
+
+async def _preload(app: Sanic) -> None:
+    manager: ModelManager = app.ctx.manager
+    for spec in app.ctx.config.default_models:
+        try:
+            await manager.load(spec)
+        except NeuronError as exc:
+            log.error("preloading %s failed: %s", spec.id, exc.message)
+
+
+def _llama_gpu_offload() -> bool:
+    try:
+        import llama_cpp
+    except ImportError:
+        return False
+    return bool(llama_cpp.llama_supports_gpu_offload())

@@ -1,0 +1,382 @@
+"""Model lifecycle on one host: load, serve, unload, drain.
+
+States: loading → ready → unloading → (gone); loading → failed (error kept until the next load
+or unload). Invariants:
+* At most one load per model id runs at a time: concurrent `load` calls for the same id await
+  the same future (single flight), and get the same answer.
+* VRAM planned for a model is reserved with the GPU probe before its weights load and released
+  after its engine is closed, so `/health` and `/models/plan` see memory fill up even with fake
+  GPUs.
+* A request holds its model's admission slot for its whole duration; unload refuses (409)
+  while any are held unless forced; drain refuses new work (503) and waits for held slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from neuron.admission import AdmissionGate
+from neuron.config import ModelSpec, NeuronConfig
+from neuron.engine import Engine
+from neuron.errors import (
+    Conflict,
+    Draining,
+    InsufficientMemory,
+    InvalidModelFile,
+    InvalidRequest,
+    ModelNotFound,
+    ModelUnavailable,
+    NeuronError,
+)
+from neuron.gguf_meta import GgufFormatError, ModelGeometry, read_geometry
+from neuron.gpu import GpuProbe
+from neuron.offload import MemoryEstimate, OffloadPlan, estimate_memory, plan_offload
+from neuron.sources import ResolvedSource, resolve_source
+
+log = logging.getLogger("neuron.manager")
+
+
+class ModelState(StrEnum):
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model's weights come from and how it would sit in memory right now."""
+
+    source: ResolvedSource
+    geometry: ModelGeometry
+    n_ctx: int
+    estimate: MemoryEstimate
+    plan: OffloadPlan
+    available_mb: float  # free VRAM minus headroom, summed over devices, when planned
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "available_mb": round(self.available_mb),
+            "resolved": str(self.source.primary),
+            "file_bytes": self.geometry.file_bytes,
+            "n_layers": self.geometry.n_layers,
+            "n_ctx": self.n_ctx,
+            "estimate": self.estimate.as_dict(),
+            "plan": self.plan.as_dict(),
+        }
+
+
+@dataclass
+class Resident:
+    """One model id held (or being loaded) by this neuron."""
+
+    spec: ModelSpec
+    gate: AdmissionGate
+    state: ModelState = ModelState.LOADING
+    placement: Placement | None = None
+    engine: Engine | None = None
+    capabilities: tuple[str, ...] = ()
+    loaded_at: float | None = None
+    load_duration_s: float | None = None
+    last_used_at: float | None = None
+    error: dict[str, Any] | None = None
+    tok_s_decode: float | None = None
+    ready: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    def describe(self) -> dict[str, Any]:
+        placement = self.placement
+        plan = placement.plan if placement else None
+        estimate = placement.estimate if placement else None
+        body: dict[str, Any] = {
+            "id": self.spec.id,
+            "state": self.state.value,
+            "source": self.spec.source_or_id,
+            "path": str(placement.source.primary) if placement else None,
+            "n_gpu_layers": plan.n_gpu_layers if plan else None,
+            "n_layers": placement.geometry.n_layers if placement else None,
+            "n_ctx": placement.n_ctx if placement else self.spec.n_ctx,
+            "vram_used_mb": round(sum(plan.device_mb.values())) if plan else 0,
+            "ram_used_mb": round(estimate.host_mb)
+            if estimate and plan and not plan.n_gpu_layers
+            else round(_host_share(estimate, plan))
+            if estimate and plan
+            else 0,
+            "loaded_at": self.loaded_at,
+            "load_duration_s": self.load_duration_s,
+            "capabilities": list(self.capabilities),
+            "embedding": self.spec.embedding,
+        }
+        if placement:
+            body["estimate"] = placement.estimate.as_dict()
+        if self.error:
+            body["error"] = self.error
+        return body
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "id": self.spec.id,
+            "state": self.state.value,
+            "in_flight": self.gate.in_flight,
+            "queue_depth": self.gate.waiting,
+            "max_in_flight": self.gate.limits.max_in_flight,
+            "max_queue_depth": self.gate.limits.max_queue_depth,
+            "rejected": self.gate.rejected,
+            "last_used_at": self.last_used_at,
+            "tok_s_decode": self.tok_s_decode,
+        }
+
+
+def _host_share(estimate: MemoryEstimate | None, plan: OffloadPlan | None) -> float:
+    if estimate is None or plan is None:
+        return 0.0
+    return max(0.0, estimate.host_mb - sum(plan.device_mb.values()))
+
+
+class ModelManager:
+    def __init__(self, config: NeuronConfig, probe: GpuProbe, gpu_offload: bool) -> None:
+        self.config = config
+        self.probe = probe
+        # Whether this llama.cpp build can offload at all; with fake GPUs on a CPU build the
+        # plan is computed and reported but weights stay in host memory.
+        self.gpu_offload = gpu_offload
+        self.models: dict[str, Resident] = {}
+        self.draining = False
+        self.started_at = time.time()
+
+    # -- planning ----------------------------------------------------------------------------
+
+    async def placement(self, source_spec: str, n_ctx: int | None) -> Placement:
+        """Resolve a source and plan it against the free memory of this instant."""
+        source = await asyncio.to_thread(
+            resolve_source,
+            source_spec,
+            model_dirs=self.config.model_dirs,
+            hf_cache=self.config.resolved_hf_cache(),
+        )
+        try:
+            geometry = await asyncio.to_thread(read_geometry, source.paths)
+        except GgufFormatError as exc:
+            raise InvalidModelFile(str(exc)) from exc
+        ctx = n_ctx or min(self.config.default_n_ctx, geometry.n_ctx_train or 10**9)
+        free = {status.index: status.vram_free_mb for status in self.probe.status()}
+        estimate = estimate_memory(geometry, ctx)
+        headroom = self.config.vram_headroom_mb
+        plan = plan_offload(geometry, ctx, free, headroom)
+        available = sum(max(0.0, mb - headroom) for mb in free.values())
+        return Placement(source, geometry, ctx, estimate, plan, available)
+
+    # -- load / unload -----------------------------------------------------------------------
+
+    async def load(self, spec: ModelSpec) -> Resident:
+        """Load `spec` once; concurrent and repeated calls for a loaded id return the same."""
+        if self.draining:
+            raise Draining("neuron is draining", retry_after=30)
+        resident = self.models.get(spec.id)
+        if resident is not None and resident.state is not ModelState.FAILED:
+            if spec.source_or_id != resident.spec.source_or_id or (
+                spec.embedding != resident.spec.embedding
+            ):
+                raise Conflict(
+                    f"model {spec.id!r} is {resident.state.value} from source "
+                    f"{resident.spec.source_or_id!r}; unload it first",
+                    code="model_conflict",
+                )
+            if resident.state is ModelState.UNLOADING:
+                raise Conflict(f"model {spec.id!r} is unloading", code="model_unloading")
+            await asyncio.shield(resident.ready)
+            return resident
+        resident = Resident(spec=spec, gate=AdmissionGate(self.config.admission))
+        self.models[spec.id] = resident
+        try:
+            await self._load(resident)
+        except NeuronError as exc:
+            resident.state = ModelState.FAILED
+            resident.error = exc.body()["error"]
+            resident.ready.set_exception(exc)
+            resident.ready.exception()  # retrieved: joiners re-raise it, nobody else must
+            raise
+        except Exception as exc:
+            resident.state = ModelState.FAILED
+            failure = InvalidModelFile(
+                f"llama.cpp could not load {spec.source_or_id!r}: {exc}", code="model_load_failed"
+            )
+            resident.error = failure.body()["error"]
+            resident.ready.set_exception(failure)
+            resident.ready.exception()
+            raise failure from exc
+        resident.ready.set_result(None)
+        return resident
+
+    async def _load(self, resident: Resident) -> None:
+        spec = resident.spec
+        started = time.monotonic()
+        placement = await self.placement(spec.source_or_id, spec.n_ctx)
+        plan = placement.plan
+        if spec.n_gpu_layers is not None:
+            plan = replace(plan, n_gpu_layers=spec.n_gpu_layers)
+        available = _host_available_mb()
+        host_need = _host_share(placement.estimate, plan)
+        if available is not None and host_need > available:
+            raise InsufficientMemory(
+                f"model needs {host_need:.0f} MiB of host memory, {available:.0f} MiB available",
+                extra={"plan": placement.describe()},
+            )
+        resident.placement = replace(placement, plan=plan)
+        self.probe.reserve(spec.id, plan.device_mb)
+        engine = Engine(spec.id, self._factory(spec, placement, plan))
+        resident.engine = engine
+        try:
+            await engine.start()
+        except BaseException:
+            self.probe.release(spec.id)
+            resident.engine = None
+            await engine.close()
+            raise
+        resident.capabilities = _capabilities(spec, placement.geometry)
+        resident.state = ModelState.READY
+        resident.loaded_at = time.time()
+        resident.load_duration_s = round(time.monotonic() - started, 3)
+        log.info(
+            "loaded %s from %s in %.2fs (n_gpu_layers=%s, n_ctx=%d)",
+            spec.id,
+            placement.source.primary.name,
+            resident.load_duration_s,
+            plan.n_gpu_layers,
+            placement.n_ctx,
+        )
+
+    def _factory(self, spec: ModelSpec, placement: Placement, plan: OffloadPlan) -> Any:
+        n_gpu_layers = plan.n_gpu_layers if self.gpu_offload else 0
+        kwargs: dict[str, Any] = {
+            "model_path": str(placement.source.primary),
+            "n_ctx": placement.n_ctx,
+            "n_gpu_layers": n_gpu_layers,
+            "embedding": spec.embedding,
+            "verbose": False,
+        }
+        if self.gpu_offload and plan.tensor_split:
+            kwargs["tensor_split"] = list(plan.tensor_split)
+        if self.config.n_threads:
+            kwargs["n_threads"] = self.config.n_threads
+            kwargs["n_threads_batch"] = self.config.n_threads
+
+        def build() -> Any:
+            import llama_cpp
+
+            llama = llama_cpp.Llama(**kwargs)
+            if spec.embedding and llama.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+                # A generative model declares no pooling and would return one vector per token;
+                # an embeddings API wants one per input, so mean-pool.
+                llama.close()
+                llama = llama_cpp.Llama(**kwargs, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+            return llama
+
+        return build
+
+    async def unload(self, model_id: str, *, force: bool = False) -> None:
+        resident = self.models.get(model_id)
+        if resident is None:
+            raise ModelNotFound(f"model {model_id!r} is not resident")
+        if resident.state is ModelState.LOADING:
+            raise Conflict(f"model {model_id!r} is still loading", code="model_loading")
+        if resident.state is ModelState.UNLOADING:
+            raise Conflict(f"model {model_id!r} is already unloading", code="model_unloading")
+        busy = resident.gate.in_flight + resident.gate.waiting
+        if busy and not force:
+            raise Conflict(
+                f"model {model_id!r} has {busy} request(s) in flight; pass force to unload anyway",
+                code="model_busy",
+            )
+        resident.state = ModelState.UNLOADING
+        try:
+            if resident.engine is not None:
+                resident.engine.cancel_current()
+                await resident.engine.close()
+        finally:
+            self.probe.release(model_id)
+            self.models.pop(model_id, None)
+        log.info("unloaded %s", model_id)
+
+    # -- serving -----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def serving(self, model_id: str, capability: str) -> AsyncIterator[Resident]:
+        """Hold an admission slot of a ready model for the duration of one request."""
+        if self.draining:
+            raise Draining("neuron is draining; retry on another node", retry_after=30)
+        resident = self.models.get(model_id)
+        if resident is None:
+            raise ModelNotFound(f"model {model_id!r} is not loaded on this neuron", param="model")
+        if resident.state is not ModelState.READY:
+            raise ModelUnavailable(f"model {model_id!r} is {resident.state.value}", retry_after=5)
+        if capability not in resident.capabilities:
+            raise InvalidRequest(
+                f"model {model_id!r} does not support {capability} "
+                f"(it supports: {', '.join(resident.capabilities) or 'nothing'})",
+                param="model",
+                code="unsupported_capability",
+            )
+        async with resident.gate.slot():
+            if resident.state is not ModelState.READY:
+                raise ModelUnavailable(
+                    f"model {model_id!r} is {resident.state.value}", retry_after=5
+                )
+            resident.last_used_at = time.time()
+            try:
+                yield resident
+            finally:
+                resident.last_used_at = time.time()
+
+    # -- drain -------------------------------------------------------------------------------
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new work, let held requests finish (up to `timeout_s`), unload everything."""
+        self.draining = True
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(
+            r.gate.in_flight or r.gate.waiting for r in self.models.values()
+        ):
+            await asyncio.sleep(0.05)
+        for model_id in list(self.models):
+            resident = self.models[model_id]
+            if resident.state is ModelState.LOADING:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(resident.ready), timeout=5)
+            with contextlib.suppress(NeuronError):
+                await self.unload(model_id, force=True)
+
+    def health(self) -> list[dict[str, Any]]:
+        return [resident.health() for resident in self.models.values()]
+
+
+def _capabilities(spec: ModelSpec, geometry: ModelGeometry) -> tuple[str, ...]:
+    if spec.embedding:
+        return ("embedding",)
+    caps = ["completion"]
+    if geometry.chat_template:
+        caps.append("chat")
+        # Tool calls go through llama-cpp-python's chatml-function-calling handler, which only
+        # speaks ChatML; other templates get plain chat.
+        if "<|im_start|>" in geometry.chat_template:
+            caps.append("tools")
+    return tuple(caps)
+
+
+def _host_available_mb() -> float | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None

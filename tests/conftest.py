@@ -1,0 +1,117 @@
+"""Shared fixtures: the two demo GGUFs, free loopback ports, and real neuron processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def smollm_path() -> Path:
+    from neuron.sources import resolve_source
+
+    return resolve_source("smollm2-135m-instruct", model_dirs=(), hf_cache=None).primary
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    from neuron.sources import resolve_source
+
+    return resolve_source("gemma3-270m", model_dirs=(), hf_cache=None).primary
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class NeuronProcess:
+    """A real `neuron` daemon in a child process, on a loopback port."""
+
+    def __init__(self, workdir: Path, toml: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = workdir / f"neuron-{self.port}.toml"
+        self.config_path.write_text(f'listen = "127.0.0.1:{self.port}"\n' + toml)
+        self.log_path = workdir / f"neuron-{self.port}.log"
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "neuron.cli", "--config", str(self.config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=ROOT,
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"neuron exited early:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"neuron did not come up:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+
+def _neuron_starter(workdir: Path) -> Iterator:
+    started: list[NeuronProcess] = []
+
+    def start(toml: str = "", env: dict[str, str] | None = None, wait: bool = True):
+        neuron = NeuronProcess(workdir, toml, env)
+        started.append(neuron)
+        if wait:
+            neuron.wait_ready()
+        return neuron
+
+    yield start
+    for neuron in started:
+        neuron.stop()
+
+
+@pytest.fixture
+def start_neuron(tmp_path: Path) -> Iterator:
+    """Start neurons that live for one test."""
+    yield from _neuron_starter(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def start_module_neuron(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Start neurons shared by the tests of one module."""
+    yield from _neuron_starter(tmp_path_factory.mktemp("neurons"))

@@ -1,0 +1,520 @@
+"""A real neuron process on loopback, real models, driven with the official openai SDK."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import struct
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+SMOL = "smollm2-135m-instruct"
+GEMMA = "gemma3-270m"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Path:
+    models = tmp_path_factory.mktemp("models")
+    (models / "notes.gguf").write_text("this is not a model\n")
+    data = smollm_path.read_bytes()
+    (models / "half.gguf").write_bytes(data[: len(data) // 2])
+    shutil.copyfile(smollm_path, models / "smol-copy.gguf")
+    (models / "escape.gguf").symlink_to(smollm_path)  # points outside model_dirs
+    return models
+
+
+@pytest.fixture(scope="module")
+def neuron(start_module_neuron, model_dir: Path):
+    node = start_module_neuron(
+        f"""
+model_dirs = ["{model_dir}"]
+[admission]
+max_in_flight = 1
+max_queue_depth = 1
+max_wait_s = 60
+"""
+    )
+    for body in (
+        {"model": "smol", "source": SMOL, "n_ctx": 2048},
+        {"model": "gemma", "source": GEMMA, "n_ctx": 1024},
+        {"model": "smol-embed", "source": SMOL, "n_ctx": 512, "embedding": True},
+        {"model": "smol-tiny", "source": SMOL, "n_ctx": 256},
+    ):
+        response = httpx.post(node.url + "/models/load", json=body, timeout=120)
+        assert response.status_code == 200, response.text
+    return node
+
+
+@pytest.fixture
+def client(neuron) -> openai.OpenAI:
+    return openai.OpenAI(base_url=neuron.url + "/v1", api_key="unused", max_retries=0)
+
+
+def assert_still_serving(neuron) -> None:
+    health = httpx.get(neuron.url + "/health").json()
+    assert health["status"] == "ok"
+    response = httpx.post(
+        neuron.url + "/v1/completions",
+        json={"model": "smol", "prompt": "Hello", "max_tokens": 2},
+        timeout=30,
+    )
+    assert response.status_code == 200
+
+
+def test_chat_plain(client: openai.OpenAI) -> None:
+    reply = client.chat.completions.create(
+        model="smol",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=24,
+        temperature=0,
+    )
+    assert reply.model == "smol"
+    assert reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].message.content.strip()
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert 0 < reply.usage.completion_tokens <= 24
+    assert reply.usage.prompt_tokens > 10  # the chat template wraps the question
+
+
+def test_chat_stream_matches_non_stream_with_usage(client: openai.OpenAI) -> None:
+    request = dict(
+        model="smol",
+        messages=[{"role": "user", "content": "Name three colours."}],
+        max_tokens=20,
+        temperature=0,
+    )
+    whole = client.chat.completions.create(**request)
+    chunks = list(
+        client.chat.completions.create(
+            **request, stream=True, stream_options={"include_usage": True}
+        )
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) > 3
+    usage_chunks = [c for c in chunks if c.usage is not None]
+    assert len(usage_chunks) == 1 and chunks[-1].usage is not None
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+
+
+def test_tool_call(client: openai.OpenAI) -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "Current weather for a city",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+    ]
+    reply = client.chat.completions.create(
+        model="smol",
+        messages=[{"role": "user", "content": "What's the weather in Paris?"}],
+        tools=tools,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=64,
+        temperature=0,
+    )
+    calls = reply.choices[0].message.tool_calls
+    assert calls and calls[0].function.name == "get_weather"
+    arguments = json.loads(calls[0].function.arguments)
+    assert isinstance(arguments.get("city"), str)
+    assert reply.choices[0].finish_reason == "tool_calls"
+
+
+def test_completion_on_gemma_with_stop_max_tokens_and_seed(client: openai.OpenAI) -> None:
+    first = client.completions.create(
+        model="gemma", prompt="The capital of France is", max_tokens=12, temperature=0
+    )
+    assert (
+        "France" in first.choices[0].text
+    )  # greedy Gemma-270M: " the capital of the country of France…"
+    limited = client.completions.create(
+        model="gemma", prompt="One, two, three,", max_tokens=5, temperature=0
+    )
+    assert limited.usage.completion_tokens == 5
+    assert limited.choices[0].finish_reason == "length"
+    stopped = client.completions.create(
+        model="gemma", prompt="One, two, three,", max_tokens=30, temperature=0, stop=[","]
+    )
+    assert "," not in stopped.choices[0].text
+    assert stopped.choices[0].finish_reason == "stop"
+    sampled = [
+        client.completions.create(
+            model="gemma", prompt="Once upon a time", max_tokens=16, temperature=1.0, seed=seed
+        )
+        .choices[0]
+        .text
+        for seed in (7, 7, 8)
+    ]
+    assert sampled[0] == sampled[1]
+    assert sampled[0] != sampled[2]
+
+
+def test_completion_stream_with_usage(client: openai.OpenAI) -> None:
+    chunks = list(
+        client.completions.create(
+            model="gemma",
+            prompt="The sky is",
+            max_tokens=8,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage.completion_tokens == 8
+    assert "".join(c.choices[0].text for c in chunks if c.choices)
+
+
+def test_logprobs_refused_without_engine_support(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="gemma", prompt="Hi", max_tokens=2, logprobs=2)
+
+
+def test_embeddings(client: openai.OpenAI) -> None:
+    result = client.embeddings.create(model="smol-embed", input=["cats purr", "dogs bark"])
+    assert [item.index for item in result.data] == [0, 1]
+    vectors = [item.embedding for item in result.data]
+    assert len(vectors[0]) == 576  # SmolLM2-135M hidden size
+    assert vectors[0] != vectors[1]
+    assert result.usage.prompt_tokens > 0
+    raw = httpx.post(
+        str(client.base_url) + "embeddings",
+        json={"model": "smol-embed", "input": "cats purr", "encoding_format": "base64"},
+    ).json()
+    decoded = struct.unpack("<576f", base64.b64decode(raw["data"][0]["embedding"]))
+    assert decoded == pytest.approx(vectors[0], rel=1e-5)
+
+
+def test_embedding_model_refuses_chat(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="smol-embed", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert info.value.body["code"] == "unsupported_capability"
+
+
+def test_base_model_without_template_refuses_chat(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="gemma", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.body["code"] == "unsupported_capability"
+
+
+def test_plan_load_unload(neuron) -> None:
+    plan = httpx.post(neuron.url + "/models/plan", json={"model": SMOL, "n_ctx": 2048}).json()
+    assert plan["n_layers"] == 30
+    assert plan["estimate"]["full_offload_mb"] > plan["estimate"]["kv_mb"] > 0
+    assert plan["plan"]["n_gpu_layers"] == 0  # no GPUs on this host
+    loaded = httpx.post(
+        neuron.url + "/models/load", json={"model": "extra", "source": "smol-copy"}, timeout=60
+    )
+    assert loaded.status_code == 200 and loaded.json()["state"] == "ready"
+    ids = [m["id"] for m in httpx.get(neuron.url + "/models").json()]
+    assert "extra" in ids
+    conflict = httpx.post(neuron.url + "/models/load", json={"model": "extra", "source": GEMMA})
+    assert conflict.status_code == 409
+    assert httpx.post(neuron.url + "/models/unload", json={"model": "extra"}).status_code == 200
+    assert "extra" not in [m["id"] for m in httpx.get(neuron.url + "/models").json()]
+    gone = httpx.post(neuron.url + "/models/unload", json={"model": "extra"})
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
+
+
+def test_concurrent_loads_run_once(neuron) -> None:
+    results: list[httpx.Response] = []
+
+    def load() -> None:
+        results.append(
+            httpx.post(
+                neuron.url + "/models/load", json={"model": "twin", "source": SMOL}, timeout=60
+            )
+        )
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [r.status_code for r in results] == [200] * 4
+    assert len({r.json()["loaded_at"] for r in results}) == 1
+    httpx.post(neuron.url + "/models/unload", json={"model": "twin"})
+
+
+def test_full_queue_answers_429_with_retry_after(neuron) -> None:
+    statuses: list[int] = []
+    retry_after: list[str] = []
+
+    def generate(delay: float) -> None:
+        time.sleep(delay)
+        response = httpx.post(
+            neuron.url + "/v1/completions",
+            json={"model": "smol", "prompt": "Count:", "max_tokens": 80, "temperature": 0},
+            timeout=60,
+        )
+        statuses.append(response.status_code)
+        if response.status_code == 429:
+            retry_after.append(response.headers.get("retry-after", ""))
+            assert response.json()["error"]["code"] == "rate_limit_exceeded"
+
+    threads = [threading.Thread(target=generate, args=(i * 0.2,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(statuses) == [200, 200, 429]
+    assert retry_after and int(retry_after[0]) >= 1
+
+
+def test_client_disconnect_stops_generation(neuron) -> None:
+    with httpx.stream(
+        "POST",
+        neuron.url + "/v1/completions",
+        json={
+            "model": "smol",
+            "prompt": "Write a long story.",
+            "max_tokens": 1500,
+            "stream": True,
+            "temperature": 0.7,
+            "seed": 1,
+        },
+        timeout=30,
+    ) as response:
+        lines = response.iter_lines()
+        received = [next(lines) for _ in range(6)]
+        assert any(line.startswith("data: ") for line in received)
+    # 1500 tokens take ~25 s here; a cancelled job frees the slot at once.
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        smol = next(
+            m for m in httpx.get(neuron.url + "/health").json()["models"] if m["id"] == "smol"
+        )
+        if smol["in_flight"] == 0:
+            break
+        time.sleep(0.05)
+    assert smol["in_flight"] == 0
+    started = time.monotonic()
+    assert_still_serving(neuron)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "param"),
+    [
+        ("/v1/chat/completions", {"model": "smol"}, 400, "messages"),
+        ("/v1/chat/completions", {"model": "smol", "messages": "hi"}, 400, "messages"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}, 400, "model"),
+        (
+            "/v1/chat/completions",
+            {"model": "smol", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
+            400,
+            "temperature",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "smol", "messages": [{"role": "wizard", "content": "x"}]},
+            400,
+            "messages[0].role",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": "smol", "messages": [{"role": "user", "content": "x"}], "max_tokens": -3},
+            400,
+            "max_tokens",
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "smol",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {
+                                "type": "image_url",
+                                "image_url": {"url": "data:image/png;base64,AAAA"},
+                            }
+                        ],
+                    }
+                ],
+            },
+            400,
+            "messages[0].content",
+        ),
+        ("/v1/completions", {"model": "smol", "prompt": 42}, 400, "prompt"),
+        ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, "model"),
+        ("/v1/embeddings", {"model": "smol-embed", "input": []}, 400, "input"),
+        ("/models/load", {"model": 5}, 400, "model"),
+        ("/models/load", {"model": "x", "n_ctx": "big"}, 400, "n_ctx"),
+    ],
+)
+def test_bad_bodies(neuron, path: str, body: dict, status: int, param: str) -> None:
+    response = httpx.post(neuron.url + path, json=body, timeout=30)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == param
+    assert error["message"] and error["type"]
+
+
+def test_malformed_json_and_unknown_routes(neuron) -> None:
+    bad = httpx.post(
+        neuron.url + "/v1/chat/completions",
+        content=b'{"model": "smol", "messages": [',
+        headers={"content-type": "application/json"},
+    )
+    assert bad.status_code == 400 and "error" in bad.json()
+    assert httpx.post(neuron.url + "/v1/chat/completions", content=b"[1, 2]").status_code == 400
+    assert httpx.get(neuron.url + "/v1/nothing").json()["error"]["type"] == "not_found_error"
+    assert httpx.get(neuron.url + "/models/load").status_code == 405
+    assert_still_serving(neuron)
+
+
+def test_prompt_longer_than_context(client: openai.OpenAI, neuron) -> None:
+    long_text = "word " * 300
+    for call in (
+        lambda: client.completions.create(model="smol-tiny", prompt=long_text, max_tokens=4),
+        lambda: client.chat.completions.create(
+            model="smol-tiny", messages=[{"role": "user", "content": long_text}], max_tokens=4
+        ),
+    ):
+        with pytest.raises(openai.BadRequestError) as info:
+            call()
+        assert info.value.body["code"] == "context_length_exceeded"
+    assert_still_serving(neuron)
+
+
+@pytest.mark.parametrize(
+    ("source", "status", "code"),
+    [
+        ("notes.gguf", 422, "invalid_model_file"),
+        ("half", 422, "invalid_model_file"),
+        ("/etc/passwd", 400, None),
+        ("escape", 403, None),
+        ("missing-model.gguf", 404, "source_not_found"),
+    ],
+)
+def test_bad_sources(neuron, model_dir: Path, source: str, status: int, code: str | None) -> None:
+    response = httpx.post(
+        neuron.url + "/models/load", json={"model": f"bad-{status}", "source": source}, timeout=30
+    )
+    assert response.status_code == status, response.text
+    if code:
+        assert response.json()["error"]["code"] == code
+    listed = {m["id"]: m for m in httpx.get(neuron.url + "/models").json()}
+    if f"bad-{status}" in listed:
+        assert listed[f"bad-{status}"]["state"] == "failed"
+        assert listed[f"bad-{status}"]["error"]["message"]
+    assert_still_serving(neuron)
+
+
+def test_admin_token_required(start_neuron) -> None:
+    node = start_neuron('[auth]\ntoken = "s3cret"\n')
+    body = {"model": "smol", "source": SMOL}
+    assert httpx.post(node.url + "/models/load", json=body).status_code == 401
+    wrong = httpx.post(node.url + "/models/load", json=body, headers={"Authorization": "Bearer x"})
+    assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
+    ok = httpx.post(
+        node.url + "/models/load",
+        json=body,
+        headers={"Authorization": "Bearer s3cret"},
+        timeout=60,
+    )
+    assert ok.status_code == 200
+    assert httpx.get(node.url + "/health").status_code == 200  # read-only routes stay open
+
+
+def test_default_models_preload_after_port_opens(start_neuron) -> None:
+    node = start_neuron(f'default_models = ["{SMOL}", {{ id = "g", source = "{GEMMA}" }}]\n')
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states = {m["id"]: m["state"] for m in httpx.get(node.url + "/models").json()}
+        if states == {SMOL: "ready", "g": "ready"}:
+            break
+        time.sleep(0.1)
+    assert states == {SMOL: "ready", "g": "ready"}
+
+
+def test_sigterm_drains_then_exits_zero(start_neuron) -> None:
+    node = start_neuron()
+    httpx.post(node.url + "/models/load", json={"model": "smol", "source": SMOL}, timeout=60)
+    outcome: dict[str, httpx.Response] = {}
+
+    def long_request() -> None:
+        outcome["long"] = httpx.post(
+            node.url + "/v1/completions",
+            json={
+                "model": "smol",
+                "prompt": "1, 2, 3, 4, 5,",
+                "max_tokens": 120,
+                "temperature": 0,
+            },
+            timeout=60,
+        )
+
+    worker = threading.Thread(target=long_request)
+    worker.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if httpx.get(node.url + "/health").json()["models"][0]["in_flight"]:
+            break
+        time.sleep(0.02)
+    node.proc.send_signal(15)
+    time.sleep(0.3)
+    refused = httpx.post(
+        node.url + "/v1/completions", json={"model": "smol", "prompt": "x", "max_tokens": 2}
+    )
+    assert refused.status_code == 503
+    assert refused.headers["retry-after"]
+    assert refused.json()["error"]["code"] == "draining"
+    worker.join()
+    assert outcome["long"].status_code == 200
+    assert outcome["long"].json()["usage"]["completion_tokens"] > 0
+    assert node.proc.wait(30) == 0
+
+
+def test_unload_releases_memory(start_neuron) -> None:
+    node = start_neuron()
+
+    def cycle() -> None:
+        loaded = httpx.post(
+            node.url + "/models/load", json={"model": "g", "source": GEMMA}, timeout=60
+        )
+        assert loaded.status_code == 200
+        assert httpx.post(node.url + "/models/unload", json={"model": "g"}).status_code == 200
+
+    cycle()
+    baseline = node.rss_mb()
+    for _ in range(10):
+        cycle()
+    assert node.rss_mb() <= baseline * 1.10
+
+
+def test_hf_cache_offline(start_neuron, tmp_path: Path, smollm_path: Path) -> None:
+    cache = tmp_path / "hub"
+    repo = cache / "models--acme--smol-GGUF"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    (repo / "blobs").mkdir()
+    blob = repo / "blobs" / "5a1d3b"
+    shutil.copyfile(smollm_path, blob)
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (snapshot / "smol-Q4_1.gguf").symlink_to(Path("../../blobs/5a1d3b"))
+    node = start_neuron(env={"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
+    loaded = httpx.post(
+        node.url + "/models/load", json={"model": "acme/smol-GGUF:Q4_1"}, timeout=60
+    )
+    assert loaded.status_code == 200, loaded.text
+    assert loaded.json()["path"].endswith("smol-Q4_1.gguf")
