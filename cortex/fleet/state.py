@@ -1,0 +1,143 @@
+"""The gateway's picture of the fleet: frozen values that pure decision modules read.
+
+The poller builds a new `FleetSnapshot` from what neurons report; the scheduler and handlers
+read snapshots and never mutate them. Times are UNIX seconds (floats) supplied by the caller, so
+routing and eviction stay pure and testable with any `now`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+READY = "ready"
+LOADING = "loading"
+UNLOADING = "unloading"
+FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class GpuState:
+    index: int
+    name: str
+    vram_total_mb: float
+    vram_free_mb: float
+    utilization_pct: float | None = None
+    temp_c: float | None = None
+
+    @property
+    def vram_used_mb(self) -> float:
+        return max(0.0, self.vram_total_mb - self.vram_free_mb)
+
+
+@dataclass(frozen=True)
+class ModelSlot:
+    """One model id resident on one node."""
+
+    model_id: str
+    node: str
+    state: str
+    in_flight: int = 0
+    queue_depth: int = 0
+    max_in_flight: int = 1
+    max_queue_depth: int = 0
+    last_used_at: float | None = None
+    loaded_at: float | None = None
+    vram_used_mb: float = 0.0
+    ram_used_mb: float = 0.0
+    estimate_mb: float | None = None
+    n_gpu_layers: int | None = None
+    n_layers: int | None = None
+    tok_s_decode: float | None = None
+    error: str | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self.in_flight > 0 or self.queue_depth > 0
+
+    @property
+    def load(self) -> int:
+        """How busy this replica is, for choosing the least busy one."""
+        return self.in_flight + self.queue_depth
+
+    def idle_since(self) -> float:
+        return self.last_used_at or self.loaded_at or 0.0
+
+
+@dataclass(frozen=True)
+class NodeState:
+    name: str
+    endpoint: str
+    up: bool = False
+    draining: bool = False  # the neuron itself is draining (SIGTERM)
+    cordoned: bool = False  # an operator drained it in cortex: no new cold loads
+    hostname: str | None = None
+    backend: str | None = None
+    gpus: tuple[GpuState, ...] = ()
+    models: tuple[ModelSlot, ...] = ()
+    last_seen: float | None = None
+    misses: int = 0
+    evictions_since_defrag: int = 0
+
+    @property
+    def accepts_loads(self) -> bool:
+        return self.up and not self.draining and not self.cordoned
+
+    @property
+    def vram_total_mb(self) -> float:
+        return sum(gpu.vram_total_mb for gpu in self.gpus)
+
+    @property
+    def vram_free_mb(self) -> float:
+        return sum(gpu.vram_free_mb for gpu in self.gpus)
+
+    def slot(self, model_id: str) -> ModelSlot | None:
+        return next((slot for slot in self.models if slot.model_id == model_id), None)
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """A model the fleet may load (models.toml)."""
+
+    id: str
+    source: str | None = None
+    n_ctx: int | None = None
+    pinned_on: tuple[str, ...] = ()
+    priority: int = 0
+    aliases: tuple[str, ...] = ()
+    vram_mb: float | None = None
+    embedding: bool = False
+
+    @property
+    def source_or_id(self) -> str:
+        return self.source or self.id
+
+
+@dataclass(frozen=True)
+class FleetSnapshot:
+    nodes: Mapping[str, NodeState] = field(default_factory=dict)
+    catalogue: Mapping[str, CatalogueEntry] = field(default_factory=dict)
+    aliases: Mapping[str, str] = field(default_factory=dict)
+
+    def resolve(self, name: str) -> str:
+        """The canonical model id for a requested name (aliases resolve; others pass through)."""
+        return self.aliases.get(name, name)
+
+    def slots(self, model_id: str) -> list[ModelSlot]:
+        return [
+            slot
+            for node in self.nodes.values()
+            for slot in node.models
+            if slot.model_id == model_id
+        ]
+
+    def entry(self, model_id: str) -> CatalogueEntry | None:
+        return self.catalogue.get(model_id)
+
+    def priority_of(self, model_id: str) -> int:
+        entry = self.catalogue.get(model_id)
+        return entry.priority if entry else 0
+
+    def pinned_on(self, model_id: str) -> tuple[str, ...]:
+        entry = self.catalogue.get(model_id)
+        return entry.pinned_on if entry else ()
