@@ -1,0 +1,149 @@
+"""Wiring of the gateway's Sanic app; no decisions are made here.
+
+One `httpx.AsyncClient` for the whole app (opened at start, closed at stop), one registry, one
+poller, one scheduler, one dispatcher. Errors render in the dialect of the route: Anthropic's
+envelope under /v1/messages, OpenAI's everywhere else.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from ipaddress import ip_address
+from typing import Any
+
+import httpx
+from sanic import Request, Sanic
+from sanic.exceptions import SanicException
+from sanic.response import HTTPResponse, json
+
+from cortex.api import admin, openai
+from cortex.api.proxy import Dispatcher
+from cortex.config import GatewayConfig
+from cortex.errors import CortexError, Forbidden, Unauthorized, anthropic_type
+from cortex.fleet.registry import FleetRegistry
+from cortex.fleet.scheduler import Scheduler
+from cortex.fleet.state import NodeState
+from cortex.nodes.client import NeuronClient
+from cortex.nodes.poller import Poller
+
+log = logging.getLogger("cortex")
+
+
+def create_app(
+    config: GatewayConfig,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], float] | None = None,
+    name: str = "cortex",
+) -> Sanic:
+    app = Sanic(name)
+    app.config.RESPONSE_TIMEOUT = 24 * 3600
+    app.config.KEEP_ALIVE_TIMEOUT = 75
+    app.ctx.config = config
+    app.blueprint(admin.bp)
+    app.blueprint(openai.bp)
+    now = clock or time.time
+
+    @app.before_server_start
+    async def start(app: Sanic) -> None:
+        http = httpx.AsyncClient(
+            transport=transport,
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
+            timeout=httpx.Timeout(30.0, connect=config.connect_timeout_s),
+        )
+        clients = {n.name: NeuronClient(http, n) for n in config.neurons}
+        registry = FleetRegistry(
+            (NodeState(name=n.name, endpoint=n.endpoint) for n in config.neurons),
+            config.models,
+            config.aliases,
+            now,
+        )
+        poller = Poller(registry, clients, config.poll_interval_s, config.down_after_misses)
+        scheduler = Scheduler(config, registry, clients, poller, clock=now)
+        app.ctx.http = http
+        app.ctx.registry = registry
+        app.ctx.poller = poller
+        app.ctx.scheduler = scheduler
+        app.ctx.dispatcher = Dispatcher(config, scheduler, registry, poller, clients)
+        await poller.poll_all()
+
+    @app.after_server_start
+    async def started(app: Sanic) -> None:
+        app.ctx.poller.start()
+        app.ctx.scheduler.start()
+
+    @app.before_server_stop
+    async def stopping(app: Sanic) -> None:
+        await app.ctx.scheduler.stop()
+        await app.ctx.poller.stop()
+
+    @app.after_server_stop
+    async def stopped(app: Sanic) -> None:
+        await app.ctx.http.aclose()
+
+    @app.on_request
+    async def authenticate(request: Request) -> None:
+        path = request.path
+        if path.startswith("/v1/"):
+            if config.api_keys and not _presented_key_in(request, config.api_keys):
+                raise Unauthorized(
+                    "a valid API key is required (Authorization: Bearer or x-api-key)"
+                )
+        elif path.startswith("/admin/"):
+            if config.admin_keys:
+                if not _presented_key_in(request, config.admin_keys):
+                    raise Unauthorized("a valid admin key is required")
+            elif not _is_loopback(request):
+                raise Forbidden("admin routes answer loopback clients only until admin_keys is set")
+
+    app.error_handler.add(Exception, _render_error)
+    return app
+
+
+def _presented_key_in(request: Request, keys: frozenset[str]) -> bool:
+    presented = request.headers.get("x-api-key", "")
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token:
+        presented = token.strip()
+    if not presented:
+        return False
+    return any(hmac.compare_digest(presented, key) for key in keys)
+
+
+def _is_loopback(request: Request) -> bool:
+    try:
+        return ip_address(request.ip).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_anthropic(request: Request) -> bool:
+    return request.path.startswith("/v1/messages")
+
+
+async def _render_error(request: Request, exc: Exception) -> HTTPResponse:
+    if isinstance(exc, CortexError):
+        body = exc.anthropic_body() if _is_anthropic(request) else exc.openai_body()
+        return json(body, status=exc.status, headers=exc.headers())
+    if isinstance(exc, SanicException):
+        status = exc.status_code
+        message = str(exc) or "request failed"
+    else:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        status, message = 500, "internal error; see the gateway's log"
+    if _is_anthropic(request):
+        body: dict[str, Any] = {
+            "type": "error",
+            "error": {"type": anthropic_type(status), "message": message},
+        }
+    else:
+        kind = (
+            "server_error"
+            if status >= 500
+            else ("not_found_error" if status == 404 else "invalid_request_error")
+        )
+        body = {"error": {"message": message, "type": kind, "code": None, "param": None}}
+    return json(body, status=status)

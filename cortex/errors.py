@@ -1,0 +1,147 @@
+"""The gateway's one exception tree, rendered in the dialect of the route that raised it.
+
+A `CortexError` carries `status`, an OpenAI `type` and `code`, and optionally `retry_after`.
+`openai_body()` gives ``{"error": {"message", "type", "code", "param"}}``; `anthropic_body()`
+gives ``{"type": "error", "error": {"type", "message"}}`` with the Anthropic type chosen by
+status. `UpstreamError` keeps a neuron's own status, envelope and Retry-After so that clients see
+what the neuron said, not a gateway paraphrase.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    504: "api_error",
+    507: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_type(status: int) -> str:
+    return _ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+class CortexError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.retry_after = retry_after
+
+    def openai_body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "code": self.code,
+                "param": self.param,
+            }
+        }
+
+    def anthropic_body(self) -> dict[str, Any]:
+        return {
+            "type": "error",
+            "error": {"type": anthropic_type(self.status), "message": self.message},
+        }
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
+
+
+class InvalidRequest(CortexError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class Unauthorized(CortexError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class Forbidden(CortexError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
+class NotFound(CortexError):
+    status = 404
+    type = "not_found_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class Conflict(CortexError):
+    status = 409
+    type = "conflict_error"
+    code = "conflict"
+
+
+class NoCapacity(CortexError):
+    """No node can take the model now; it may later (503 + Retry-After)."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "no_capacity"
+
+
+class NodeUnavailable(CortexError):
+    """A neuron could not be reached or broke off (connect error, reset, timeout)."""
+
+    status = 503
+    type = "service_unavailable"
+    code = "node_unavailable"
+
+
+class LoadTimeout(CortexError):
+    status = 504
+    type = "timeout_error"
+    code = "cold_load_timeout"
+
+
+class UpstreamError(CortexError):
+    """A neuron answered with an error; its status, body and Retry-After pass through."""
+
+    def __init__(self, status: int, body: Any, retry_after: str | None = None) -> None:
+        error = body.get("error") if isinstance(body, dict) else None
+        if not isinstance(error, dict):
+            error = {"message": str(body)[:500], "type": "server_error", "code": None}
+        super().__init__(
+            str(error.get("message") or f"neuron answered {status}"),
+            param=error.get("param"),
+            code=error.get("code"),
+            retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
+        )
+        self.status = status
+        self.type = str(error.get("type") or "server_error")
+        self.upstream = error

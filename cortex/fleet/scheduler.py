@@ -1,0 +1,355 @@
+"""Executes routing and eviction plans: cold loads, evictions, idle unloads, drains, defrag.
+
+Invariants:
+* One cold load per model id at a time (single flight): every request for a cold model awaits
+  the same task, which outlives any one client (a disconnect does not cancel a load others wait
+  for). Each waiter bounds its own wait by `cold_load_timeout_s`.
+* Evict-then-load on a node runs under that node's lock, so two loads never both spend the same
+  free VRAM.
+* Every eviction, load and unload is recorded as a fleet event with its reason and logged.
+* Pure decisions come from `routing` and `eviction`; this module only carries them out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cortex.config import GatewayConfig
+from cortex.errors import (
+    Conflict,
+    CortexError,
+    LoadTimeout,
+    ModelNotFound,
+    NoCapacity,
+    NodeUnavailable,
+    NotFound,
+    UpstreamError,
+)
+from cortex.fleet.eviction import Victim, defrag_due, idle_unloads
+from cortex.fleet.registry import FleetRegistry
+from cortex.fleet.routing import (
+    AwaitLoad,
+    ColdLoad,
+    NeedsPlacement,
+    NodePlan,
+    Serve,
+    Unavailable,
+    Unknown,
+    place,
+    route,
+)
+from cortex.fleet.state import READY, CatalogueEntry
+from cortex.nodes.client import NeuronClient
+from cortex.nodes.poller import Poller
+
+log = logging.getLogger("cortex.scheduler")
+
+
+@dataclass(frozen=True)
+class Target:
+    node: str
+    model_id: str
+
+
+class Scheduler:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        registry: FleetRegistry,
+        clients: dict[str, NeuronClient],
+        poller: Poller,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.clients = clients
+        self.poller = poller
+        self.clock = clock
+        self.on_event = on_event or (lambda kind, fields: None)
+        self._loads: dict[str, asyncio.Task[Target]] = {}
+        self._node_locks = {name: asyncio.Lock() for name in clients}
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    # -- request path ------------------------------------------------------------------------
+
+    def route_now(self, requested: str, exclude: frozenset[str] = frozenset()) -> Target | None:
+        """A ready replica for `requested` right now, or None when a load is needed.
+
+        Raises `ModelNotFound` / `NoCapacity` when the answer is already known.
+        """
+        decision = route(self.registry.snapshot(), requested, self.clock(), exclude=exclude)
+        if isinstance(decision, Serve):
+            return Target(decision.node, decision.model_id)
+        if isinstance(decision, Unknown):
+            raise ModelNotFound(decision.message, param="model")
+        if isinstance(decision, Unavailable):
+            raise NoCapacity(decision.message, retry_after=decision.retry_after_s)
+        return None
+
+    def loading(
+        self, requested: str, exclude: frozenset[str] = frozenset()
+    ) -> asyncio.Task[Target]:
+        """The shared task that makes `requested` servable (joining one already running)."""
+        model_id = self.registry.snapshot().resolve(requested)
+        task = self._loads.get(model_id)
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(self._make_servable(model_id, exclude))
+            self._loads[model_id] = task
+            task.add_done_callback(lambda t, key=model_id: self._forget(key, t))
+        else:
+            self.on_event("single_flight_join", {"model": model_id})
+        return task
+
+    def loads_in_progress(self) -> list[str]:
+        return [model_id for model_id, task in self._loads.items() if not task.done()]
+
+    def _forget(self, model_id: str, task: asyncio.Task[Target]) -> None:
+        if self._loads.get(model_id) is task:
+            del self._loads[model_id]
+        if not task.cancelled():
+            task.exception()  # retrieved here; each waiter re-raises it from its own await
+
+    async def wait_loaded(self, task: asyncio.Task[Target], deadline: float) -> Target:
+        remaining = deadline - time.monotonic()
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), max(0.0, remaining))
+        except TimeoutError:
+            raise LoadTimeout(
+                f"the model did not finish loading within {self.config.cold_load_timeout_s:g}s",
+                retry_after=30,
+            ) from None
+
+    async def _make_servable(self, model_id: str, exclude: frozenset[str]) -> Target:
+        for _attempt in range(3):
+            snapshot = self.registry.snapshot()
+            decision = route(snapshot, model_id, self.clock(), exclude=exclude)
+            if isinstance(decision, Serve):
+                return Target(decision.node, decision.model_id)
+            if isinstance(decision, Unknown):
+                raise ModelNotFound(decision.message, param="model")
+            if isinstance(decision, Unavailable):
+                raise NoCapacity(decision.message, retry_after=decision.retry_after_s)
+            if isinstance(decision, AwaitLoad):
+                await self._await_remote_load(decision.node, decision.model_id)
+                continue
+            assert isinstance(decision, NeedsPlacement)
+            try:
+                return await self._cold_load(model_id, decision.candidates)
+            except (Conflict, NodeUnavailable) as exc:
+                # A victim got busy or a node vanished between plan and action: plan again.
+                log.info("cold load of %s needs a new plan: %s", model_id, exc.message)
+        raise NoCapacity(f"could not place {model_id!r}; try again", retry_after=10)
+
+    async def _await_remote_load(self, node: str, model_id: str) -> None:
+        """Someone else (an operator, a neuron's preload) is loading it: watch until done."""
+        deadline = time.monotonic() + self.config.cold_load_timeout_s
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+            state = await self.poller.poll(node)
+            slot = state.slot(model_id)
+            if slot is None or slot.state != "loading":
+                return
+
+    async def _plans(
+        self, entry: CatalogueEntry, candidates: tuple[str, ...]
+    ) -> dict[str, NodePlan]:
+        async def one(name: str) -> NodePlan | None:
+            try:
+                answer = await self.clients[name].plan(entry.id, entry.source_or_id, entry.n_ctx)
+            except CortexError as exc:
+                log.warning("plan for %s on %s failed: %s", entry.id, name, exc.message)
+                if isinstance(exc, UpstreamError) and exc.status in (404, 422, 400, 403):
+                    raise
+                return None
+            node = self.registry.node(name)
+            return NodePlan(
+                node=name,
+                full_offload_mb=float(answer["estimate"]["full_offload_mb"]),
+                available_mb=float(answer.get("available_mb", node.vram_free_mb)),
+                fits_fully=bool(answer["plan"]["fits_fully"]),
+                has_gpus=bool(node.gpus),
+            )
+
+        results = await asyncio.gather(*(one(name) for name in candidates))
+        return {plan.node: plan for plan in results if plan is not None}
+
+    async def _cold_load(self, model_id: str, candidates: tuple[str, ...]) -> Target:
+        entry = self.registry.snapshot().entry(model_id)
+        if entry is None:
+            raise ModelNotFound(f"model {model_id!r} is not in the catalogue", param="model")
+        plans = await self._plans(entry, candidates)
+        if not plans:
+            raise NoCapacity("no neuron could plan this model now", retry_after=10)
+        decision = place(
+            self.registry.snapshot(), model_id, plans, self.config.strategy, self.clock()
+        )
+        if isinstance(decision, Unknown):
+            raise ModelNotFound(decision.message, param="model")
+        if isinstance(decision, Unavailable):
+            raise NoCapacity(decision.message, retry_after=decision.retry_after_s)
+        assert isinstance(decision, ColdLoad)
+        async with self._node_locks[decision.node]:
+            for victim in decision.evict:
+                await self.evict(victim)
+            await self._load(entry, decision.node)
+        return Target(decision.node, model_id)
+
+    async def _load(self, entry: CatalogueEntry, node: str) -> None:
+        started = time.monotonic()
+        self.registry.record(
+            "load_started", f"loading {entry.id} on {node}", node=node, model=entry.id
+        )
+        try:
+            await self.clients[node].load(
+                entry.id,
+                entry.source_or_id,
+                entry.n_ctx,
+                embedding=entry.embedding,
+                timeout_s=self.config.cold_load_timeout_s,
+            )
+        except CortexError as exc:
+            self.registry.record(
+                "load_failed",
+                f"loading {entry.id} on {node} failed: {exc.message}",
+                node=node,
+                model=entry.id,
+            )
+            self.on_event("load_failed", {"model": entry.id, "node": node})
+            with contextlib.suppress(CortexError):
+                await self.poller.poll(node)
+            raise
+        duration = time.monotonic() - started
+        self.registry.record(
+            "load", f"loaded {entry.id} on {node} in {duration:.1f}s", node=node, model=entry.id
+        )
+        self.on_event("load", {"model": entry.id, "node": node, "duration_s": duration})
+        log.info("cold load: %s on %s in %.2fs", entry.id, node, duration)
+        await self.poller.poll(node)
+
+    async def evict(self, victim: Victim) -> None:
+        await self.clients[victim.node].unload(victim.model_id)
+        node = self.registry.node(victim.node)
+        self.registry.update_node(
+            victim.node, evictions_since_defrag=node.evictions_since_defrag + 1
+        )
+        self.registry.record(
+            "evict",
+            f"evicted {victim.model_id} from {victim.node} ({victim.reason}, "
+            f"{victim.vram_mb:.0f} MiB)",
+            node=victim.node,
+            model=victim.model_id,
+            reason=victim.reason,
+        )
+        self.on_event(
+            "evict", {"model": victim.model_id, "node": victim.node, "reason": victim.reason}
+        )
+        log.info("evicted %s from %s: %s", victim.model_id, victim.node, victim.reason)
+        await self.poller.poll(victim.node)
+
+    # -- admin actions -----------------------------------------------------------------------
+
+    async def load_on(self, requested: str, node: str | None) -> Target:
+        model_id = self.registry.snapshot().resolve(requested)
+        entry = self.registry.snapshot().entry(model_id)
+        if node is None:
+            task = self.loading(model_id)
+            return await self.wait_loaded(task, time.monotonic() + self.config.cold_load_timeout_s)
+        if node not in self.clients:
+            raise NotFound(f"no neuron named {node!r}")
+        if entry is None:
+            raise ModelNotFound(f"model {model_id!r} is not in the catalogue", param="model")
+        async with self._node_locks[node]:
+            await self._load(entry, node)
+        return Target(node, model_id)
+
+    async def unload(self, requested: str, node: str | None, reason: str = "manual") -> list[str]:
+        model_id = self.registry.snapshot().resolve(requested)
+        slots = [s for s in self.registry.snapshot().slots(model_id) if node in (None, s.node)]
+        if not slots:
+            raise ModelNotFound(
+                f"model {model_id!r} is not loaded" + (f" on {node}" if node else "")
+            )
+        for slot in slots:
+            await self.clients[slot.node].unload(model_id)
+            self.registry.record(
+                "unload",
+                f"unloaded {model_id} from {slot.node} ({reason})",
+                node=slot.node,
+                model=model_id,
+                reason=reason,
+            )
+            self.on_event("evict", {"model": model_id, "node": slot.node, "reason": reason})
+            await self.poller.poll(slot.node)
+        return [slot.node for slot in slots]
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._housekeeping = asyncio.get_running_loop().create_task(self._housekeep_forever())
+
+    async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        for task in list(self._loads.values()):
+            task.cancel()
+
+    async def _housekeep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.poll_interval_s)
+            try:
+                await self.housekeep()
+            except CortexError as exc:
+                log.warning("housekeeping: %s", exc.message)
+
+    async def housekeep(self) -> None:
+        """Idle unloads, moving models off cordoned nodes, and defragmentation."""
+        snapshot = self.registry.snapshot()
+        now = self.clock()
+        victims = idle_unloads(snapshot, now, self.config.idle_unload_after_s)
+        for node in snapshot.nodes.values():
+            if node.cordoned and node.up:
+                victims += [
+                    Victim(slot.model_id, node.name, slot.vram_used_mb, "drain")
+                    for slot in node.models
+                    if slot.state == READY and not slot.busy
+                ]
+        for victim in victims:
+            async with self._node_locks[victim.node]:
+                with contextlib.suppress(Conflict, NotFound):
+                    await self.evict(victim)
+        for node in self.registry.snapshot().nodes.values():
+            if defrag_due(node, self.config.defrag_after_cycles):
+                await self._defrag(node.name)
+
+    async def _defrag(self, name: str) -> None:
+        """Reload a node's resident set from scratch so its VRAM is one clean layout again."""
+        async with self._node_locks[name]:
+            node = self.registry.node(name)
+            snapshot = self.registry.snapshot()
+            # Only catalogue models can be loaded back; others stay where they are.
+            resident = [
+                s.model_id for s in node.models if s.state == READY and snapshot.entry(s.model_id)
+            ]
+            self.registry.record(
+                "defrag",
+                f"defragmenting {name}: reloading {len(resident)} model(s)",
+                node=name,
+                reason="defrag",
+            )
+            for model_id in resident:
+                await self.evict(Victim(model_id, name, 0.0, "defrag"))
+            for model_id in resident:
+                entry = self.registry.snapshot().entry(model_id)
+                if entry is not None:
+                    await self._load(entry, name)
+            self.registry.update_node(name, evictions_since_defrag=0)

@@ -1,0 +1,126 @@
+"""`NeuronClient`: the gateway's only way to talk to a neuron.
+
+All clients share the app's single `httpx.AsyncClient` (one connection pool, opened at server
+start, closed at stop). Transport failures (refused, reset, timeouts) become `NodeUnavailable`;
+neuron error answers become `UpstreamError` with the neuron's status, envelope and Retry-After.
+Admin calls carry the neuron's bearer token when one is configured.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+from cortex.config import NeuronEndpoint
+from cortex.errors import NodeUnavailable, UpstreamError
+
+# Reads of lifecycle routes are quick; loads may take as long as the gateway lets a cold load run.
+_QUICK = httpx.Timeout(10.0, connect=3.0)
+
+
+class NeuronClient:
+    def __init__(self, http: httpx.AsyncClient, endpoint: NeuronEndpoint) -> None:
+        self.http = http
+        self.name = endpoint.name
+        self.endpoint = endpoint.endpoint
+        self._auth = {"Authorization": f"Bearer {endpoint.token}"} if endpoint.token else {}
+
+    async def _request(
+        self, method: str, path: str, body: Any = None, timeout: httpx.Timeout = _QUICK
+    ) -> Any:
+        try:
+            response = await self.http.request(
+                method, self.endpoint + path, json=body, headers=self._auth, timeout=timeout
+            )
+        except httpx.TransportError as exc:
+            raise NodeUnavailable(f"neuron {self.name} unreachable: {type(exc).__name__}") from exc
+        if response.status_code >= 400:
+            raise _upstream_error(response.status_code, response.content, response.headers)
+        try:
+            return response.json()
+        except json.JSONDecodeError as exc:
+            raise NodeUnavailable(f"neuron {self.name} sent a non-JSON answer") from exc
+
+    async def discovery(self) -> dict[str, Any]:
+        return await self._request("GET", "/discovery")
+
+    async def health(self) -> dict[str, Any]:
+        return await self._request("GET", "/health")
+
+    async def models(self) -> list[dict[str, Any]]:
+        return await self._request("GET", "/models")
+
+    async def plan(self, model: str, source: str | None, n_ctx: int | None) -> dict[str, Any]:
+        return await self._request("POST", "/models/plan", _load_body(model, source, n_ctx))
+
+    async def load(
+        self,
+        model: str,
+        source: str | None,
+        n_ctx: int | None,
+        *,
+        embedding: bool = False,
+        timeout_s: float,
+    ) -> dict[str, Any]:
+        body = _load_body(model, source, n_ctx)
+        if embedding:
+            body["embedding"] = True
+        return await self._request(
+            "POST", "/models/load", body, httpx.Timeout(timeout_s, connect=3.0)
+        )
+
+    async def unload(self, model: str, *, force: bool = False) -> dict[str, Any]:
+        return await self._request(
+            "POST",
+            "/models/unload",
+            {"model": model, "force": force},
+            httpx.Timeout(120, connect=3),
+        )
+
+    async def open_stream(
+        self, path: str, body: bytes, headers: dict[str, str], read_timeout_s: float | None
+    ) -> httpx.Response:
+        """Send an inference request; the caller reads and closes the streamed response.
+
+        Raises before the first byte of the body is read: `NodeUnavailable` when the neuron
+        cannot be reached, `UpstreamError` when it answers with an error status.
+        """
+        request = self.http.build_request(
+            "POST",
+            self.endpoint + path,
+            content=body,
+            headers=headers,
+            timeout=httpx.Timeout(read_timeout_s, connect=3.0),
+        )
+        try:
+            response = await self.http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise NodeUnavailable(f"neuron {self.name} unreachable: {type(exc).__name__}") from exc
+        if response.status_code >= 400:
+            try:
+                content = await response.aread()
+            except httpx.TransportError as exc:
+                raise NodeUnavailable(f"neuron {self.name} broke off") from exc
+            finally:
+                await response.aclose()
+            raise _upstream_error(response.status_code, content, response.headers)
+        return response
+
+
+def _load_body(model: str, source: str | None, n_ctx: int | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"model": model}
+    if source:
+        body["source"] = source
+    if n_ctx:
+        body["n_ctx"] = n_ctx
+    return body
+
+
+def _upstream_error(status: int, content: bytes, headers: httpx.Headers) -> UpstreamError:
+    try:
+        body = json.loads(content)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = content.decode(errors="replace")
+    return UpstreamError(status, body, headers.get("retry-after"))

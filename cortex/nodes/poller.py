@@ -1,0 +1,155 @@
+"""Polls every neuron and turns its answers into `NodeState`s in the registry.
+
+Per node: `/discovery` once (and again when the neuron's uptime goes backwards, i.e. it
+restarted), `/health` and `/models` every `poll_interval_s`. A node is up after its first good
+poll and down after `down_after_misses` misses in a row (or at once when a request finds it
+unreachable: `mark_down`). Requests never wait on a poll: they read the last snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from cortex.errors import CortexError
+from cortex.fleet.registry import FleetRegistry
+from cortex.fleet.state import GpuState, ModelSlot, NodeState
+from cortex.nodes.client import NeuronClient
+
+log = logging.getLogger("cortex.poller")
+
+
+class Poller:
+    def __init__(
+        self,
+        registry: FleetRegistry,
+        clients: dict[str, NeuronClient],
+        interval_s: float,
+        down_after_misses: int,
+    ) -> None:
+        self.registry = registry
+        self.clients = clients
+        self.interval_s = interval_s
+        self.down_after_misses = down_after_misses
+        self._discovery: dict[str, dict[str, Any]] = {}
+        self._uptime: dict[str, float] = {}
+        self._locks = {name: asyncio.Lock() for name in clients}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await self.poll_all()
+            await asyncio.sleep(self.interval_s)
+
+    async def poll_all(self) -> None:
+        await asyncio.gather(*(self.poll(name) for name in self.clients))
+
+    async def poll(self, name: str) -> NodeState:
+        """Poll one node now (callers use this right after a load or unload)."""
+        async with self._locks[name]:
+            client = self.clients[name]
+            node = self.registry.node(name)
+            try:
+                health, models = await asyncio.gather(client.health(), client.models())
+                restarted = health.get("uptime_s", 0) < self._uptime.get(name, 0)
+                if name not in self._discovery or restarted or not node.up:
+                    self._discovery[name] = await client.discovery()
+                self._uptime[name] = health.get("uptime_s", 0)
+            except CortexError as exc:
+                return self._missed(node, exc.message)
+            fresh = _node_state(node, self._discovery[name], health, models, self.registry.clock())
+            if not node.up:
+                self.registry.record("node_up", f"{name} is up", node=name)
+                log.info("neuron %s is up (%s)", name, fresh.backend)
+            self.registry.put_node(fresh)
+            return fresh
+
+    def _missed(self, node: NodeState, why: str) -> NodeState:
+        misses = node.misses + 1
+        if node.up and misses >= self.down_after_misses:
+            return self.mark_down(node.name, why, misses=misses)
+        return self.registry.update_node(node.name, misses=misses)
+
+    def mark_down(self, name: str, why: str, *, misses: int | None = None) -> NodeState:
+        node = self.registry.node(name)
+        if node.up:
+            self.registry.record("node_down", f"{name} is down: {why}", node=name)
+            log.warning("neuron %s is down: %s", name, why)
+        return self.registry.update_node(
+            name,
+            up=False,
+            misses=max(misses or 0, self.down_after_misses),
+            models=(),
+        )
+
+
+def _node_state(
+    previous: NodeState,
+    discovery: dict[str, Any],
+    health: dict[str, Any],
+    models: list[dict[str, Any]],
+    now: float,
+) -> NodeState:
+    names = {d["index"]: d.get("name", f"GPU {d['index']}") for d in discovery.get("devices", [])}
+    gpus = tuple(
+        GpuState(
+            index=d["index"],
+            name=names.get(d["index"], f"GPU {d['index']}"),
+            vram_total_mb=d.get("vram_total_mb") or d["vram_used_mb"] + d["vram_free_mb"],
+            vram_free_mb=d["vram_free_mb"],
+            utilization_pct=d.get("utilization_pct"),
+            temp_c=d.get("temp_c"),
+        )
+        for d in health.get("devices", [])
+    )
+    live = {m["id"]: m for m in health.get("models", [])}
+    slots = []
+    for model in models:
+        stats = live.get(model["id"], {})
+        estimate = model.get("estimate") or {}
+        error = model.get("error")
+        slots.append(
+            ModelSlot(
+                model_id=model["id"],
+                node=previous.name,
+                state=model["state"],
+                in_flight=stats.get("in_flight", 0),
+                queue_depth=stats.get("queue_depth", 0),
+                max_in_flight=stats.get("max_in_flight", 1),
+                max_queue_depth=stats.get("max_queue_depth", 0),
+                last_used_at=stats.get("last_used_at"),
+                loaded_at=model.get("loaded_at"),
+                vram_used_mb=model.get("vram_used_mb") or 0.0,
+                ram_used_mb=model.get("ram_used_mb") or 0.0,
+                estimate_mb=estimate.get("full_offload_mb"),
+                n_gpu_layers=model.get("n_gpu_layers"),
+                n_layers=model.get("n_layers"),
+                tok_s_decode=stats.get("tok_s_decode"),
+                error=error.get("message") if isinstance(error, dict) else None,
+            )
+        )
+    return NodeState(
+        name=previous.name,
+        endpoint=previous.endpoint,
+        up=True,
+        draining=bool(health.get("draining")),
+        cordoned=previous.cordoned,
+        hostname=discovery.get("hostname"),
+        backend=discovery.get("backend"),
+        gpus=gpus,
+        models=tuple(slots),
+        last_seen=now,
+        misses=0,
+        evictions_since_defrag=previous.evictions_since_defrag,
+    )
