@@ -115,3 +115,78 @@ def start_neuron(tmp_path: Path) -> Iterator:
 def start_module_neuron(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """Start neurons shared by the tests of one module."""
     yield from _neuron_starter(tmp_path_factory.mktemp("neurons"))
+
+
+class CortexProcess:
+    """A real `cortex serve` gateway in a child process, in front of the given neurons."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        neurons: dict[str, NeuronProcess],
+        models_toml: str,
+        gateway_toml: str = "",
+        eviction_toml: str = "",
+        tokens: dict[str, str] | None = None,
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.models_path = workdir / f"models-{self.port}.toml"
+        self.models_path.write_text(models_toml)
+        blocks = [
+            f'[[neurons]]\nname = "{name}"\nendpoint = "{neuron.url}"\n'
+            + (f'token = "{tokens[name]}"\n' if tokens and name in tokens else "")
+            for name, neuron in neurons.items()
+        ]
+        self.config_path = workdir / f"cortex-{self.port}.toml"
+        self.config_path.write_text(
+            f'models_config = "{self.models_path.name}"\n'
+            f'[gateway]\nlisten = "127.0.0.1:{self.port}"\nmetrics_listen = ""\n'
+            "poll_interval_s = 0.5\ndown_after_misses = 2\nkeepalive_interval_s = 0.2\n"
+            + gateway_toml
+            + "\n[eviction]\n"
+            + eviction_toml
+            + "\n"
+            + "\n".join(blocks)
+        )
+        self.log_path = workdir / f"cortex-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cortex.cli", "serve", "--config", str(self.config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=ROOT,
+        )
+        self.expected_nodes = len(neurons)
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"cortex exited early:\n{self.log()}")
+            try:
+                health = httpx.get(self.url + "/health", timeout=1).json()
+                if health["nodes_up"] == self.expected_nodes:
+                    return
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"cortex did not come up:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def fleet(self, headers: dict[str, str] | None = None) -> dict:
+        return httpx.get(self.url + "/admin/fleet", headers=headers, timeout=10).json()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
