@@ -315,7 +315,7 @@ def test_drained_node_takes_no_loads_and_its_models_move(client: openai.OpenAI, 
     assert locations(fleet, "smol-a") == []  # idle: moved off the drained node
     assert ask(client, "smol-a")
     assert locations(fleet, "smol-a") != ["small"]
-    drained = [n for n in fleet.fleet()["nodes"] if n["name"] == "small"][0]
+    drained = next(n for n in fleet.fleet()["nodes"] if n["name"] == "small")
     assert drained["cordoned"] is True
 
 
