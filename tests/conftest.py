@@ -46,15 +46,26 @@ class NeuronProcess:
         self.config_path = workdir / f"neuron-{self.port}.toml"
         self.config_path.write_text(f'listen = "127.0.0.1:{self.port}"\n' + toml)
         self.log_path = workdir / f"neuron-{self.port}.log"
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self._log = self.log_path.open("ab")
+        self.proc = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen:
+        return subprocess.Popen(
             [sys.executable, "-m", "neuron.cli", "--config", str(self.config_path)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env=full_env,
+            env=self.env,
             cwd=ROOT,
         )
+
+    def restart(self) -> None:
+        """Start the daemon again on the same port with the same config (after a kill)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc = self._spawn()
+        self.wait_ready()
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
