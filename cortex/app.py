@@ -19,7 +19,7 @@ from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, json
 
-from cortex.api import admin, openai
+from cortex.api import admin, anthropic, openai
 from cortex.api.proxy import Dispatcher
 from cortex.config import GatewayConfig
 from cortex.errors import CortexError, Forbidden, Unauthorized, anthropic_type
@@ -44,6 +44,7 @@ def create_app(
     app.config.KEEP_ALIVE_TIMEOUT = 75
     app.ctx.config = config
     app.blueprint(admin.bp)
+    app.blueprint(anthropic.bp)
     app.blueprint(openai.bp)
     now = clock or time.time
 

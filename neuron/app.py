@@ -43,6 +43,7 @@ def create_app(config: NeuronConfig, *, probe: GpuProbe | None = None) -> Sanic:
     app.ctx.config = config
     app.blueprint(lifecycle.bp)
     app.blueprint(openai.bp)
+    app.blueprint(openai.tokenize_bp)
 
     @app.before_server_start
     async def start(app: Sanic) -> None:

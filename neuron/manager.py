@@ -313,11 +313,7 @@ class ModelManager:
         """Hold an admission slot of a ready model for the duration of one request."""
         if self.draining:
             raise Draining("neuron is draining; retry on another node", retry_after=30)
-        resident = self.models.get(model_id)
-        if resident is None:
-            raise ModelNotFound(f"model {model_id!r} is not loaded on this neuron", param="model")
-        if resident.state is not ModelState.READY:
-            raise ModelUnavailable(f"model {model_id!r} is {resident.state.value}", retry_after=5)
+        resident = self.ready(model_id)
         if capability not in resident.capabilities:
             raise InvalidRequest(
                 f"model {model_id!r} does not support {capability} "
@@ -335,6 +331,15 @@ class ModelManager:
                 yield resident
             finally:
                 resident.last_used_at = time.time()
+
+    def ready(self, model_id: str) -> Resident:
+        """A resident model that is ready to serve, without taking an admission slot."""
+        resident = self.models.get(model_id)
+        if resident is None:
+            raise ModelNotFound(f"model {model_id!r} is not loaded on this neuron", param="model")
+        if resident.state is not ModelState.READY:
+            raise ModelUnavailable(f"model {model_id!r} is {resident.state.value}", retry_after=5)
+        return resident
 
     # -- drain -------------------------------------------------------------------------------
 

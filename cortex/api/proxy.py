@@ -106,6 +106,13 @@ class Dispatcher:
             return Exchange(target, response, self.registry, cold_load_s)
         raise AssertionError("unreachable: the second attempt returns or raises")
 
+    async def target(self, requested: str, waiting: Waiting | None = None) -> Target:
+        """A ready replica of `requested`, cold-loading it if needed, without opening a request."""
+        target = self.scheduler.route_now(requested)
+        if target is None:
+            target = await self._wait_for_load(requested, frozenset(), waiting)
+        return target
+
     def node_failed(self, node: str, why: str) -> None:
         """The neuron broke off mid-response: take it out of routing until it polls well."""
         self.poller.mark_down(node, why)

@@ -18,9 +18,9 @@ Invariants:
   two open at once; then one `message_delta` and `message_stop`. After `error` nothing follows.
 * No text block is ever empty or whitespace-only (Anthropic rejects such blocks when a client
   sends the history back); leading whitespace is kept by prepending it to the first real text.
-* Tool-use ids match ``[A-Za-z0-9_-]+`` (what Anthropic accepts back) and are unique within a
-  message: the upstream id when it is such and unused, else `tool_id()` prefixed ``toolu_``
-  unless it already is (so `tool_id` must return such characters, e.g. a hex token).
+* Tool-use ids are ``toolu_`` + ``[A-Za-z0-9_-]+`` (what Anthropic accepts back) and unique
+  within a message: the upstream id when it already is such and unused, else `tool_id()`
+  prefixed ``toolu_`` unless it already is (so `tool_id` must return such characters).
 * Response translation never raises on odd upstream output; it maps what it can.
 """
 
@@ -442,7 +442,8 @@ def to_openai_request(body: Any, *, model: str | None = None) -> dict[str, Any]:
 
 
 class _ToolIds:
-    """Hands out tool-use ids: the upstream one when usable and unused, else a fresh toolu_…."""
+    """Hands out `toolu_…` tool-use ids: the upstream one when it already is such an id and
+    unused, else a fresh one (engines name calls `call_…`; Anthropic clients expect `toolu_`)."""
 
     def __init__(self, factory: Callable[[], str]) -> None:
         self._factory = factory
@@ -451,6 +452,7 @@ class _ToolIds:
     def assign(self, upstream: Any) -> str:
         if (
             isinstance(upstream, str)
+            and upstream.startswith("toolu_")
             and _TOOL_ID.fullmatch(upstream)
             and upstream not in self._used
         ):

@@ -79,6 +79,10 @@ class NeuronClient:
             httpx.Timeout(120, connect=3),
         )
 
+    async def tokenize(self, body: dict[str, Any]) -> int:
+        """Token count by the model's own tokenizer (`messages`/`tools` or `prompt`)."""
+        return int((await self._request("POST", "/tokenize", body))["count"])
+
     async def open_stream(
         self, path: str, body: bytes, headers: dict[str, str], read_timeout_s: float | None
     ) -> httpx.Response:

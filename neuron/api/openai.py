@@ -8,7 +8,9 @@ a client that goes away cancels its handler, which cancels the engine job at the
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json as json_module
 import struct
 import time
 from typing import Any
@@ -21,11 +23,14 @@ from neuron.api.schema import (
     chat_request,
     completion_request,
     embedding_request,
+    model_name,
+    require_object,
 )
 from neuron.api.sse import DONE, SSE_HEADERS, sse_data
 from neuron.engine import Usage
-from neuron.errors import ContextLengthExceeded, InvalidRequest, NeuronError
+from neuron.errors import ContextLengthExceeded, InvalidRequest, ModelUnavailable, NeuronError
 from neuron.manager import ModelManager, ModelState, Resident
+from neuron.tools import choose_tool, plain_messages
 
 bp = Blueprint("openai", url_prefix="/v1")
 
@@ -90,6 +95,32 @@ async def embeddings(request: Request) -> HTTPResponse:
     return json(result)
 
 
+tokenize_bp = Blueprint("tokenize")
+
+
+@tokenize_bp.post("/tokenize")
+async def tokenize(request: Request) -> HTTPResponse:
+    """Count tokens with the model's own tokenizer: `prompt` as is, or `messages` (and `tools`)
+    as the model's chat template lays them out. Runs beside generation: only the read-only
+    vocabulary is used, on a worker thread."""
+    body = require_object(request.json)
+    model = model_name(body)
+    resident = _manager(request).ready(model)
+    llama = resident.engine.llama if resident.engine else None
+    if llama is None:
+        raise ModelUnavailable(f"model {model!r} is not ready", retry_after=5)
+    if isinstance(body.get("prompt"), str):
+        prompt = body["prompt"]
+        count = await asyncio.to_thread(
+            lambda: len(llama.tokenize(prompt.encode(), add_bos=True, special=True))
+        )
+        return json({"model": model, "count": count})
+    req = chat_request({**body, "model": model})
+    tools = req.tools or []
+    count = await asyncio.to_thread(_chat_prompt_tokens, llama, plain_messages(req.messages), tools)
+    return json({"model": model, "count": count})
+
+
 # -- work run on the engine thread ---------------------------------------------------------------
 
 
@@ -101,19 +132,27 @@ def _check_context(llama: Any, prompt_tokens: int) -> None:
         )
 
 
-def _chat_prompt_tokens(llama: Any, messages: list[dict[str, Any]]) -> int:
-    """Token count of the prompt the model's own chat template makes of `messages`."""
+def _chat_prompt_tokens(
+    llama: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+) -> int:
+    """Token count of the prompt the model's own chat template makes of `messages`.
+
+    Tool definitions are counted as their JSON text, which is how templates present them.
+    """
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
     template = llama.metadata.get("tokenizer.chat_template")
     if not template:
-        return 0
+        text = "\n".join(str(m.get("content") or "") for m in messages)
+        return len(llama.tokenize(text.encode(), add_bos=True, special=True))
     formatter = Jinja2ChatFormatter(
         template=template,
         eos_token=llama._model.token_get_text(llama.token_eos()),
         bos_token=llama._model.token_get_text(llama.token_bos()),
     )
     prompt = formatter(messages=messages).prompt
+    if tools:
+        prompt += json_module.dumps(tools)
     return len(llama.tokenize(prompt.encode(), add_bos=False, special=True))
 
 
@@ -130,31 +169,48 @@ def _fresh_context_for_seed(llama: Any, req: GenerationRequest) -> None:
 
 def _chat_work(req: GenerationRequest) -> Any:
     def work(llama: Any, _job: Any) -> Any:
-        if req.tools is None:
-            _check_context(llama, _chat_prompt_tokens(llama, req.messages))
+        import jinja2
+
+        messages = plain_messages(req.messages)
         _fresh_context_for_seed(llama, req)
-        options = req.sampling
         try:
             if req.tools is not None and req.tool_choice != "none":
-                from llama_cpp.llama_chat_format import chatml_function_calling
-
-                return chatml_function_calling(
-                    llama=llama,
-                    messages=req.messages,
-                    tools=req.tools,
-                    tool_choice=req.tool_choice,
-                    stream=req.stream,
-                    model=req.model,
-                    **options,
-                )
+                tool_call = _tool_call(llama, req)
+                if tool_call is not None:
+                    return tool_call
+            _check_context(llama, _chat_prompt_tokens(llama, messages))
             return llama.create_chat_completion(
-                messages=req.messages, stream=req.stream, model=req.model, **options
+                messages=messages, stream=req.stream, model=req.model, **req.sampling
             )
+        except jinja2.TemplateError as exc:
+            raise InvalidRequest(f"the model's chat template refused the messages: {exc}") from exc
         except ValueError as exc:
             # llama-cpp-python reports caller errors (context overflow, bad grammar) as ValueError
             raise InvalidRequest(str(exc)) from exc
 
     return work
+
+
+def _tool_call(llama: Any, req: GenerationRequest) -> Any:
+    """A forced tool call through llama-cpp-python's ChatML tool handler, or None when the
+    model (asked with tool_choice "auto") prefers to answer in words."""
+    from llama_cpp.llama_chat_format import chatml_function_calling
+
+    choice = req.tool_choice
+    if choice == "auto":
+        name = choose_tool(llama, req.messages, req.tools or [])
+        if name is None:
+            return None
+        choice = {"type": "function", "function": {"name": name}}
+    return chatml_function_calling(
+        llama=llama,
+        messages=req.messages,
+        tools=req.tools,
+        tool_choice=choice,
+        stream=req.stream,
+        model=req.model,
+        **req.sampling,
+    )
 
 
 def _completion_work(req: GenerationRequest) -> Any:

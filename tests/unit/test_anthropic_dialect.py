@@ -704,9 +704,9 @@ RESPONSE_CASES: list[tuple[str, dict[str, Any], tuple[str, ...], list[Any], str,
         completion(
             None,
             [
-                call("call_abc-1", "get_weather", '{"city": "Paris"}'),
+                call("toolu_abc-1", "get_weather", '{"city": "Paris"}'),
                 call("call abc!", "get_time", "{}"),
-                call("call_abc-1", "get_time", ""),
+                call("toolu_abc-1", "get_time", ""),
                 call(None, "get_time", '"{\\"tz\\": \\"UTC\\"}"'),
             ],
             "tool_calls",
@@ -715,7 +715,7 @@ RESPONSE_CASES: list[tuple[str, dict[str, Any], tuple[str, ...], list[Any], str,
         [
             {
                 "type": "tool_use",
-                "id": "call_abc-1",
+                "id": "toolu_abc-1",
                 "name": "get_weather",
                 "input": {"city": "Paris"},
             },
@@ -728,26 +728,26 @@ RESPONSE_CASES: list[tuple[str, dict[str, Any], tuple[str, ...], list[Any], str,
     ),
     (
         "text and a tool call",
-        completion("Let me look.", [call("c1", "get_time", "{}")], "tool_calls"),
+        completion("Let me look.", [call("toolu_c1", "get_time", "{}")], "tool_calls"),
         (),
         [
             {"type": "text", "text": "Let me look."},
-            {"type": "tool_use", "id": "c1", "name": "get_time", "input": {}},
+            {"type": "tool_use", "id": "toolu_c1", "name": "get_time", "input": {}},
         ],
         "tool_use",
         None,
     ),
     (
         "tool calls reported with finish_reason stop are still tool_use",
-        completion(None, [call("c1", "get_time", "{}")], "stop"),
+        completion(None, [call("toolu_c1", "get_time", "{}")], "stop"),
         (),
-        [{"type": "tool_use", "id": "c1", "name": "get_time", "input": {}}],
+        [{"type": "tool_use", "id": "toolu_c1", "name": "get_time", "input": {}}],
         "tool_use",
         None,
     ),
     (
         "nameless tool call dropped; tool_calls without calls is end_turn",
-        completion("ok", [call("c1", None, "{}")], "tool_calls"),
+        completion("ok", [call("toolu_c1", None, "{}")], "tool_calls"),
         (),
         [{"type": "text", "text": "ok"}],
         "end_turn",
@@ -755,12 +755,15 @@ RESPONSE_CASES: list[tuple[str, dict[str, Any], tuple[str, ...], list[Any], str,
     ),
     (
         "unparseable and non-object arguments become {}",
-        completion(None, [call("a", "f", "{oops"), call("b", "f", "[1]"), call("c", "f", "7")]),
+        completion(
+            None,
+            [call("toolu_a", "f", "{oops"), call("toolu_b", "f", "[1]"), call("toolu_c", "f", "7")],
+        ),
         (),
         [
-            {"type": "tool_use", "id": "a", "name": "f", "input": {}},
-            {"type": "tool_use", "id": "b", "name": "f", "input": {}},
-            {"type": "tool_use", "id": "c", "name": "f", "input": {}},
+            {"type": "tool_use", "id": "toolu_a", "name": "f", "input": {}},
+            {"type": "tool_use", "id": "toolu_b", "name": "f", "input": {}},
+            {"type": "tool_use", "id": "toolu_c", "name": "f", "input": {}},
         ],
         "tool_use",
         None,
@@ -792,9 +795,9 @@ RESPONSE_CASES: list[tuple[str, dict[str, Any], tuple[str, ...], list[Any], str,
     ),
     (
         "length wins over tool calls (truncated call)",
-        completion(None, [call("c", "f", '{"a":')], "length"),
+        completion(None, [call("toolu_c", "f", '{"a":')], "length"),
         (),
-        [{"type": "tool_use", "id": "c", "name": "f", "input": {}}],
+        [{"type": "tool_use", "id": "toolu_c", "name": "f", "input": {}}],
         "max_tokens",
         None,
     ),
@@ -909,7 +912,7 @@ def _serve(payload: bytes, content_type: str) -> anthropic.Anthropic:
 
 def test_sdk_client_parses_a_translated_response() -> None:
     out = to_anthropic_response(
-        completion("Hi.", [call("c1", "get_time", '{"tz": "UTC"}')], "tool_calls"),
+        completion("Hi.", [call("toolu_c1", "get_time", '{"tz": "UTC"}')], "tool_calls"),
         model="m",
         message_id="msg_1",
         tool_id=tool_ids(),
@@ -1117,7 +1120,7 @@ STREAM_CASES: list[tuple[str, dict[str, Any], list[dict[str, Any]], list[tuple[A
         {"input_tokens": 30},
         [
             chunk("Let me check.", role=True),
-            chunk(tools=[piece(0, "", id="call_1", name="get_weather")]),
+            chunk(tools=[piece(0, "", id="toolu_1", name="get_weather")]),
             chunk(tools=[piece(0, '{"ci')]),
             chunk(tools=[piece(0, 'ty": ')]),
             chunk(tools=[piece(0, "")]),
@@ -1131,7 +1134,7 @@ STREAM_CASES: list[tuple[str, dict[str, Any], list[dict[str, Any]], list[tuple[A
             ("open", 0, "text"),
             ("+", 0, "Let me check."),
             ("close", 0),
-            ("open", 1, "tool_use", "call_1", "get_weather"),
+            ("open", 1, "tool_use", "toolu_1", "get_weather"),
             ("+", 1, '{"ci'),
             ("+", 1, 'ty": '),
             ("+", 1, '"Par'),
@@ -1150,25 +1153,25 @@ STREAM_CASES: list[tuple[str, dict[str, Any], list[dict[str, Any]], list[tuple[A
         "several tool calls: the first streams live, later ones flush when the choice ends",
         {},
         [
-            chunk(tools=[piece(0, '{"city":', id="call_a", name="get_weather")]),
+            chunk(tools=[piece(0, '{"city":', id="toolu_a", name="get_weather")]),
             chunk(tools=[piece(0, ' "Oslo"}')]),
-            chunk(tools=[piece(1, "", id="call_b", name="get_time")]),
+            chunk(tools=[piece(1, "", id="toolu_b", name="get_time")]),
             chunk(tools=[piece(1, '{"tz": ')]),
             chunk(tools=[piece(1, '"CET"}')]),
-            chunk(tools=[piece(2, "{}", id="call_c", name="get_time")]),
+            chunk(tools=[piece(2, "{}", id="toolu_c", name="get_time")]),
             chunk(None, finish="tool_calls"),
             final_usage(),
         ],
         [
             ("start", 0),
-            ("open", 0, "tool_use", "call_a", "get_weather"),
+            ("open", 0, "tool_use", "toolu_a", "get_weather"),
             ("+", 0, '{"city":'),
             ("+", 0, ' "Oslo"}'),
             ("close", 0),
-            ("open", 1, "tool_use", "call_b", "get_time"),
+            ("open", 1, "tool_use", "toolu_b", "get_time"),
             ("+", 1, '{"tz": "CET"}'),
             ("close", 1),
-            ("open", 2, "tool_use", "call_c", "get_time"),
+            ("open", 2, "tool_use", "toolu_c", "get_time"),
             ("+", 2, "{}"),
             ("close", 2),
             ("delta", "tool_use", None, USAGE_12_5),
@@ -1179,18 +1182,23 @@ STREAM_CASES: list[tuple[str, dict[str, Any], list[dict[str, Any]], list[tuple[A
         "tool call pieces interleaved by index, several in one chunk",
         {},
         [
-            chunk(tools=[piece(0, '{"a"', id="x1", name="f"), piece(1, '{"b"', id="x2", name="g")]),
+            chunk(
+                tools=[
+                    piece(0, '{"a"', id="toolu_x1", name="f"),
+                    piece(1, '{"b"', id="toolu_x2", name="g"),
+                ]
+            ),
             chunk(tools=[piece(1, ": 2}")]),
             chunk(tools=[piece(0, ": 1}")]),
             chunk(None, finish="tool_calls"),
         ],
         [
             ("start", 0),
-            ("open", 0, "tool_use", "x1", "f"),
+            ("open", 0, "tool_use", "toolu_x1", "f"),
             ("+", 0, '{"a"'),
             ("+", 0, ": 1}"),
             ("close", 0),
-            ("open", 1, "tool_use", "x2", "g"),
+            ("open", 1, "tool_use", "toolu_x2", "g"),
             ("+", 1, '{"b": 2}'),
             ("close", 1),
             ("delta", "tool_use", None, {"output_tokens": 0}),
@@ -1202,19 +1210,19 @@ STREAM_CASES: list[tuple[str, dict[str, Any], list[dict[str, Any]], list[tuple[A
         {},
         [
             chunk(None, role=True),
-            chunk(tools=[piece(0, '{"q"', id="call__0_f_cmpl-1", name="f")]),
-            chunk(tools=[piece(0, ': "x"}', id="call__0_f_cmpl-1", name="f")]),
-            chunk(tools=[piece(1, "", id="call_Z9", name="g")]),
-            chunk(tools=[piece(1, "{}", id="call_Z9", name=None)]),
+            chunk(tools=[piece(0, '{"q"', id="toolu__0_f_cmpl-1", name="f")]),
+            chunk(tools=[piece(0, ': "x"}', id="toolu__0_f_cmpl-1", name="f")]),
+            chunk(tools=[piece(1, "", id="toolu_Z9", name="g")]),
+            chunk(tools=[piece(1, "{}", id="toolu_Z9", name=None)]),
             chunk(None, finish="tool_calls"),
         ],
         [
             ("start", 0),
-            ("open", 0, "tool_use", "call__0_f_cmpl-1", "f"),
+            ("open", 0, "tool_use", "toolu__0_f_cmpl-1", "f"),
             ("+", 0, '{"q"'),
             ("+", 0, ': "x"}'),
             ("close", 0),
-            ("open", 1, "tool_use", "call_Z9", "g"),
+            ("open", 1, "tool_use", "toolu_Z9", "g"),
             ("+", 1, "{}"),
             ("close", 1),
             ("delta", "tool_use", None, {"output_tokens": 0}),
@@ -1245,7 +1253,11 @@ STREAM_CASES: list[tuple[str, dict[str, Any], list[dict[str, Any]], list[tuple[A
     (
         "a nameless tool call is dropped; no tool block means end_turn",
         {},
-        [chunk("ok"), chunk(tools=[piece(0, "{}", id="c1")]), chunk(None, finish="tool_calls")],
+        [
+            chunk("ok"),
+            chunk(tools=[piece(0, "{}", id="toolu_c1")]),
+            chunk(None, finish="tool_calls"),
+        ],
         [
             ("start", 0),
             ("open", 0, "text"),
@@ -1260,14 +1272,14 @@ STREAM_CASES: list[tuple[str, dict[str, Any], list[dict[str, Any]], list[tuple[A
         {},
         [
             chunk("  "),
-            chunk(tools=[piece(0, "{}", id="c1", name="f")]),
+            chunk(tools=[piece(0, "{}", id="toolu_c1", name="f")]),
             chunk("\n"),
             chunk("Done."),
             chunk(None, finish="tool_calls"),
         ],
         [
             ("start", 0),
-            ("open", 0, "tool_use", "c1", "f"),
+            ("open", 0, "tool_use", "toolu_c1", "f"),
             ("+", 0, "{}"),
             ("close", 0),
             ("open", 1, "text"),
@@ -1315,13 +1327,13 @@ STREAM_CASES: list[tuple[str, dict[str, Any], list[dict[str, Any]], list[tuple[A
     (
         "upstream ends without a finish_reason: blocks still close",
         {},
-        [chunk("cut"), chunk(tools=[piece(0, '{"a": 1}', id="c", name="f")])],
+        [chunk("cut"), chunk(tools=[piece(0, '{"a": 1}', id="toolu_c", name="f")])],
         [
             ("start", 0),
             ("open", 0, "text"),
             ("+", 0, "cut"),
             ("close", 0),
-            ("open", 1, "tool_use", "c", "f"),
+            ("open", 1, "tool_use", "toolu_c", "f"),
             ("+", 1, '{"a": 1}'),
             ("close", 1),
             ("delta", "tool_use", None, {"output_tokens": 0}),
@@ -1437,7 +1449,7 @@ def test_finish_alone_is_a_complete_empty_message() -> None:
 def test_upstream_error_mid_stream_ends_the_stream() -> None:
     t = translator()
     events = t.feed(chunk("partial", role=True))
-    events += t.feed(chunk(tools=[piece(0, '{"pa', id="c", name="f")]))
+    events += t.feed(chunk(tools=[piece(0, '{"pa', id="toolu_c", name="f")]))
     events += t.error("overloaded_error", "the neuron went away")
     assert t.error("api_error", "again") == [] and t.finish() == [] and t.feed(chunk("x")) == []
     check_grammar(events)
@@ -1447,7 +1459,7 @@ def test_upstream_error_mid_stream_ends_the_stream() -> None:
         ("open", 0, "text"),
         ("+", 0, "partial"),
         ("close", 0),
-        ("open", 1, "tool_use", "c", "f"),
+        ("open", 1, "tool_use", "toolu_c", "f"),
         ("+", 1, '{"pa'),
         ("error", "overloaded_error", "the neuron went away"),
     ]
@@ -1538,7 +1550,7 @@ def test_ping_and_error_body() -> None:
 def test_any_garbage_in_a_response_still_gives_a_valid_message() -> None:
     rich = completion(
         "Hi",
-        [call("c1", "f", '{"a": [1, {"b": null}]}'), call("c2", "g", "{}")],
+        [call("toolu_c1", "f", '{"a": [1, {"b": null}]}'), call("toolu_c2", "g", "{}")],
         "tool_calls",
         usage={
             "prompt_tokens": 9,
@@ -1563,7 +1575,9 @@ def test_any_garbage_in_a_response_still_gives_a_valid_message() -> None:
 def test_any_garbage_in_a_stream_keeps_the_grammar() -> None:
     chunks = [
         chunk("Hi", role=True),
-        chunk(tools=[piece(0, '{"a": ', id="c1", name="f"), piece(1, "{}", id="c2", name="g")]),
+        chunk(
+            tools=[piece(0, '{"a": ', id="toolu_c1", name="f"), piece(1, "{}", id="c2", name="g")]
+        ),
         chunk(tools=[piece(0, "1}")]),
         chunk(" done"),
         chunk(None, finish="tool_calls", stop_reason="END"),

@@ -1,0 +1,171 @@
+"""Anthropic Messages routes: /v1/messages and /v1/messages/count_tokens.
+
+Thin: the translation is `cortex.dialects.anthropic` (pure); routing, cold loads and retries
+are the dispatcher's, exactly as for OpenAI requests. A streaming client gets `message_start`
+and `ping`s as soon as a cold load begins, so short client timeouts keep waiting; upstream
+failures after that become an `error` event and a clean end. `anthropic-version` and
+`anthropic-beta` headers are accepted; auth (`x-api-key` or bearer) is the app's.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+import httpx
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse
+from sanic.response import json as json_response
+
+from cortex.api import sse
+from cortex.api.openai import parse_body, requested_model
+from cortex.api.proxy import Dispatcher, Exchange
+from cortex.dialects.anthropic import (
+    AnthropicRequestError,
+    StreamTranslator,
+    count_tokens_request,
+    error_type_from_openai,
+    ping,
+    to_anthropic_response,
+    to_openai_request,
+)
+from cortex.errors import CortexError, InvalidRequest, NodeUnavailable
+
+bp = Blueprint("anthropic", url_prefix="/v1")
+_CHAT = "/v1/chat/completions"
+
+
+def _tool_id() -> str:
+    return secrets.token_hex(12)
+
+
+def _message_id() -> str:
+    return "msg_" + secrets.token_hex(12)
+
+
+def _translate(body: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return to_openai_request(body)
+    except AnthropicRequestError as exc:
+        raise InvalidRequest(exc.message) from None
+
+
+@bp.post("/messages/count_tokens")
+async def count_tokens(request: Request) -> HTTPResponse:
+    body = parse_body(request)
+    model = requested_model(body)
+    try:
+        counted = count_tokens_request(body)
+    except AnthropicRequestError as exc:
+        raise InvalidRequest(exc.message) from None
+    dispatcher: Dispatcher = request.app.ctx.dispatcher
+    target = await dispatcher.target(model)
+    count = await dispatcher.clients[target.node].tokenize({"model": target.model_id, **counted})
+    return json_response({"input_tokens": count})
+
+
+@bp.post("/messages")
+async def messages(request: Request) -> HTTPResponse | None:
+    body = parse_body(request)
+    model = requested_model(body)
+    openai_body = _translate(body)
+    stop_sequences = openai_body.get("stop") or ()
+    dispatcher: Dispatcher = request.app.ctx.dispatcher
+    raw = json.dumps(openai_body).encode()
+    if not openai_body.get("stream"):
+        exchange = await dispatcher.open(model, _CHAT, openai_body, raw)
+        try:
+            content = await exchange.response.aread()
+        except httpx.TransportError as exc:
+            dispatcher.node_failed(exchange.target.node, type(exc).__name__)
+            raise NodeUnavailable(f"neuron {exchange.target.node} broke off") from exc
+        finally:
+            await exchange.close()
+        message = to_anthropic_response(
+            json.loads(content),
+            model=model,
+            message_id=_message_id(),
+            tool_id=_tool_id,
+            stop_sequences=stop_sequences,
+        )
+        return json_response(message)
+    return await _stream(request, dispatcher, model, openai_body, raw, stop_sequences)
+
+
+async def _stream(
+    request: Request,
+    dispatcher: Dispatcher,
+    model: str,
+    openai_body: dict[str, Any],
+    raw: bytes,
+    stop_sequences: Any,
+) -> None:
+    response = None
+    translator: StreamTranslator | None = None
+
+    async def send(events: list[tuple[str, dict[str, Any]]]) -> None:
+        if events:
+            await response.send(b"".join(sse.event(name, data) for name, data in events))
+
+    async def begin(input_tokens: int | None) -> None:
+        nonlocal response, translator
+        response = await request.respond(content_type="text/event-stream", headers=sse.SSE_HEADERS)
+        translator = StreamTranslator(
+            model=model,
+            message_id=_message_id(),
+            tool_id=_tool_id,
+            input_tokens=input_tokens,
+            stop_sequences=stop_sequences,
+        )
+        await send([*translator.start(), ping()])
+
+    async def keep_waiting() -> None:
+        if response is None:
+            await begin(None)  # cold load: message_start now, real input_tokens at the end
+        else:
+            await send([ping()])
+
+    try:
+        exchange: Exchange = await dispatcher.open(
+            model, _CHAT, openai_body, raw, waiting=keep_waiting
+        )
+    except CortexError as exc:
+        if response is None:
+            raise
+        await send(translator.error(_error_type(exc), exc.message))
+        await response.eof()
+        return None
+    try:
+        if response is None:
+            await begin(await _input_tokens(dispatcher, exchange, openai_body))
+        async for line in exchange.response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            await send(translator.feed(chunk))
+        await send(translator.finish())
+    except httpx.TransportError as exc:
+        dispatcher.node_failed(exchange.target.node, type(exc).__name__)
+        await send(translator.error("api_error", f"neuron {exchange.target.node} broke off"))
+    finally:
+        await exchange.close()
+    await response.eof()
+    return None
+
+
+async def _input_tokens(
+    dispatcher: Dispatcher, exchange: Exchange, openai_body: dict[str, Any]
+) -> int | None:
+    """The prompt's real token count for `message_start`, from the serving neuron."""
+    counted = {"model": exchange.target.model_id, "messages": openai_body["messages"]}
+    if openai_body.get("tools"):
+        counted["tools"] = openai_body["tools"]
+    try:
+        return await dispatcher.clients[exchange.target.node].tokenize(counted)
+    except CortexError:
+        return None  # message_delta carries the count at the end anyway
+
+
+def _error_type(exc: CortexError) -> str:
+    return error_type_from_openai(exc.type, exc.code)
