@@ -15,6 +15,7 @@ from ipaddress import ip_address
 from typing import Any
 
 import httpx
+from prometheus_client import start_http_server
 from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, json
@@ -26,8 +27,10 @@ from cortex.errors import CortexError, Forbidden, Unauthorized, anthropic_type
 from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.scheduler import Scheduler
 from cortex.fleet.state import NodeState
+from cortex.metrics import GatewayMetrics
 from cortex.nodes.client import NeuronClient
 from cortex.nodes.poller import Poller
+from cortex.tomlconf import parse_listen
 
 log = logging.getLogger("cortex")
 
@@ -63,7 +66,18 @@ def create_app(
             now,
         )
         poller = Poller(registry, clients, config.poll_interval_s, config.down_after_misses)
-        scheduler = Scheduler(config, registry, clients, poller, clock=now)
+        metrics = GatewayMetrics()
+        metrics.watch_fleet(registry)
+        scheduler = Scheduler(
+            config, registry, clients, poller, clock=now, on_event=metrics.on_scheduler_event
+        )
+        app.ctx.metrics = metrics
+        app.ctx.metrics_server = None
+        if config.metrics_listen:
+            host, port = parse_listen(config.metrics_listen)
+            app.ctx.metrics_server, _thread = start_http_server(
+                port, addr=host, registry=metrics.registry
+            )
         app.ctx.http = http
         app.ctx.registry = registry
         app.ctx.poller = poller
@@ -84,6 +98,8 @@ def create_app(
     @app.after_server_stop
     async def stopped(app: Sanic) -> None:
         await app.ctx.http.aclose()
+        if app.ctx.metrics_server is not None:
+            app.ctx.metrics_server.shutdown()
 
     @app.on_request
     async def authenticate(request: Request) -> None:

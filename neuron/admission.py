@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from neuron.config import Admission
@@ -18,8 +18,9 @@ from neuron.errors import RateLimited
 
 
 class AdmissionGate:
-    def __init__(self, limits: Admission) -> None:
+    def __init__(self, limits: Admission, on_wait: Callable[[float], None] | None = None) -> None:
         self.limits = limits
+        self._on_wait = on_wait
         self._slots = asyncio.Semaphore(limits.max_in_flight)
         self.in_flight = 0
         self.waiting = 0
@@ -32,6 +33,7 @@ class AdmissionGate:
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
+        arrived = time.monotonic()
         if self._slots.locked() or self.waiting:
             if self.waiting >= self.limits.max_queue_depth:
                 self.rejected += 1
@@ -54,6 +56,8 @@ class AdmissionGate:
             await self._slots.acquire()
         self.in_flight += 1
         started = time.monotonic()
+        if self._on_wait is not None:
+            self._on_wait(started - arrived)
         try:
             yield
         finally:

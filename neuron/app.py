@@ -11,18 +11,25 @@ import asyncio
 import logging
 import signal
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sanic import Request, Sanic
 from sanic.exceptions import SanicException
-from sanic.response import HTTPResponse, json
+from sanic.response import HTTPResponse, json, raw
 
 from neuron.api import lifecycle, openai
 from neuron.config import NeuronConfig
 from neuron.errors import NeuronError
 from neuron.gpu import GpuProbe, open_probe
 from neuron.manager import ModelManager
+from neuron.metrics import NeuronMetrics
 
 log = logging.getLogger("neuron")
 
+_COUNTED = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/embeddings": "embeddings",
+}
 _SANIC_ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -49,7 +56,9 @@ def create_app(config: NeuronConfig, *, probe: GpuProbe | None = None) -> Sanic:
     async def start(app: Sanic) -> None:
         app.ctx.probe = probe or open_probe()
         app.ctx.gpu_offload = _llama_gpu_offload()
-        app.ctx.manager = ModelManager(config, app.ctx.probe, app.ctx.gpu_offload)
+        app.ctx.metrics = NeuronMetrics()
+        app.ctx.manager = ModelManager(config, app.ctx.probe, app.ctx.gpu_offload, app.ctx.metrics)
+        app.ctx.metrics.watch(app.ctx.manager, app.ctx.probe)
 
     @app.after_server_start
     async def started(app: Sanic) -> None:
@@ -63,6 +72,21 @@ def create_app(config: NeuronConfig, *, probe: GpuProbe | None = None) -> Sanic:
     async def stopped(app: Sanic) -> None:
         await app.ctx.manager.drain(timeout_s=0)
         app.ctx.probe.close()
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> HTTPResponse:
+        return raw(
+            generate_latest(request.app.ctx.metrics.registry), content_type=CONTENT_TYPE_LATEST
+        )
+
+    @app.on_response
+    async def count(request: Request, response: HTTPResponse) -> None:
+        endpoint = _COUNTED.get(request.path)
+        model = getattr(request.ctx, "model", None)
+        if endpoint and model in request.app.ctx.manager.models:
+            request.app.ctx.metrics.requests.labels(
+                model, endpoint, f"{response.status // 100}xx"
+            ).inc()
 
     app.error_handler.add(Exception, _render_error)
     return app

@@ -37,6 +37,7 @@ from neuron.errors import (
 )
 from neuron.gguf_meta import GgufFormatError, ModelGeometry, read_geometry
 from neuron.gpu import GpuProbe
+from neuron.metrics import NeuronMetrics
 from neuron.offload import MemoryEstimate, OffloadPlan, estimate_memory, plan_offload
 from neuron.sources import ResolvedSource, resolve_source
 
@@ -142,8 +143,15 @@ def _host_share(estimate: MemoryEstimate | None, plan: OffloadPlan | None) -> fl
 
 
 class ModelManager:
-    def __init__(self, config: NeuronConfig, probe: GpuProbe, gpu_offload: bool) -> None:
+    def __init__(
+        self,
+        config: NeuronConfig,
+        probe: GpuProbe,
+        gpu_offload: bool,
+        metrics: NeuronMetrics | None = None,
+    ) -> None:
         self.config = config
+        self.metrics = metrics
         self.probe = probe
         # Whether this llama.cpp build can offload at all; with fake GPUs on a CPU build the
         # plan is computed and reported but weights stay in host memory.
@@ -194,7 +202,8 @@ class ModelManager:
                 raise Conflict(f"model {spec.id!r} is unloading", code="model_unloading")
             await asyncio.shield(resident.ready)
             return resident
-        resident = Resident(spec=spec, gate=AdmissionGate(self.config.admission))
+        on_wait = self.metrics.queue_wait.labels(spec.id).observe if self.metrics else None
+        resident = Resident(spec=spec, gate=AdmissionGate(self.config.admission, on_wait))
         self.models[spec.id] = resident
         try:
             await self._load(resident)

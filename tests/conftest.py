@@ -139,9 +139,12 @@ class CortexProcess:
         gateway_toml: str = "",
         eviction_toml: str = "",
         tokens: dict[str, str] | None = None,
+        metrics: bool = False,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_port = free_port() if metrics else None
+        metrics_listen = f"127.0.0.1:{self.metrics_port}" if metrics else ""
         self.models_path = workdir / f"models-{self.port}.toml"
         self.models_path.write_text(models_toml)
         blocks = [
@@ -152,7 +155,7 @@ class CortexProcess:
         self.config_path = workdir / f"cortex-{self.port}.toml"
         self.config_path.write_text(
             f'models_config = "{self.models_path.name}"\n'
-            f'[gateway]\nlisten = "127.0.0.1:{self.port}"\nmetrics_listen = ""\n'
+            f'[gateway]\nlisten = "127.0.0.1:{self.port}"\nmetrics_listen = "{metrics_listen}"\n'
             "poll_interval_s = 0.5\ndown_after_misses = 2\nkeepalive_interval_s = 0.2\n"
             + gateway_toml
             + "\n[eviction]\n"

@@ -31,7 +31,9 @@ async def health(request: Request) -> HTTPResponse:
 @bp.get("/admin/fleet")
 async def fleet(request: Request) -> HTTPResponse:
     registry: FleetRegistry = request.app.ctx.registry
-    return json(fleet_document(registry.snapshot(), registry, request.app.ctx.scheduler))
+    document = fleet_document(registry.snapshot(), registry, request.app.ctx.scheduler)
+    document["stats"] = request.app.ctx.metrics.stats.summary(registry.clock())
+    return json(document)
 
 
 def fleet_document(
@@ -42,7 +44,7 @@ def fleet_document(
         "nodes": [_node(node) for node in snapshot.nodes.values()],
         "catalogue": [dataclasses.asdict(entry) for entry in snapshot.catalogue.values()],
         "aliases": dict(snapshot.aliases),
-        "loading": sorted(scheduler.loads_in_progress()),
+        "loading": scheduler.loads_in_progress(),
         "events": [event.as_dict() for event in list(registry.events)[-50:]],
     }
 

@@ -19,7 +19,7 @@ from sanic.response import HTTPResponse
 from sanic.response import json as json_response
 
 from cortex.api import sse
-from cortex.api.openai import parse_body, requested_model
+from cortex.api.openai import observe, parse_body, requested_model
 from cortex.api.proxy import Dispatcher, Exchange
 from cortex.dialects.anthropic import (
     AnthropicRequestError,
@@ -31,6 +31,7 @@ from cortex.dialects.anthropic import (
     to_openai_request,
 )
 from cortex.errors import CortexError, InvalidRequest, NodeUnavailable
+from cortex.metrics import RequestObserver
 
 bp = Blueprint("anthropic", url_prefix="/v1")
 _CHAT = "/v1/chat/completions"
@@ -67,42 +68,62 @@ async def count_tokens(request: Request) -> HTTPResponse:
 
 @bp.post("/messages")
 async def messages(request: Request) -> HTTPResponse | None:
-    body = parse_body(request)
-    model = requested_model(body)
-    openai_body = _translate(body)
-    stop_sequences = openai_body.get("stop") or ()
-    dispatcher: Dispatcher = request.app.ctx.dispatcher
+    observer = observe(request, "anthropic", "messages")
+    status, code = 200, None
+    try:
+        body = parse_body(request)
+        model = requested_model(body)
+        observer.requested(model)
+        openai_body = _translate(body)
+        dispatcher: Dispatcher = request.app.ctx.dispatcher
+        if not openai_body.get("stream"):
+            return await _whole(dispatcher, observer, model, openai_body)
+        status, code = await _stream(request, dispatcher, observer, model, openai_body)
+        return None
+    except CortexError as exc:
+        status, code = exc.status, exc.code
+        raise
+    finally:
+        observer.finish(status, code)
+
+
+async def _whole(
+    dispatcher: Dispatcher, observer: RequestObserver, model: str, openai_body: dict[str, Any]
+) -> HTTPResponse:
     raw = json.dumps(openai_body).encode()
-    if not openai_body.get("stream"):
-        exchange = await dispatcher.open(model, _CHAT, openai_body, raw)
-        try:
-            content = await exchange.response.aread()
-        except httpx.TransportError as exc:
-            dispatcher.node_failed(exchange.target.node, type(exc).__name__)
-            raise NodeUnavailable(f"neuron {exchange.target.node} broke off") from exc
-        finally:
-            await exchange.close()
-        message = to_anthropic_response(
-            json.loads(content),
-            model=model,
-            message_id=_message_id(),
-            tool_id=_tool_id,
-            stop_sequences=stop_sequences,
-        )
-        return json_response(message)
-    return await _stream(request, dispatcher, model, openai_body, raw, stop_sequences)
+    exchange = await dispatcher.open(model, _CHAT, openai_body, raw)
+    observer.placed(exchange.target.node, exchange.target.model_id, exchange.cold_load_s)
+    try:
+        content = await exchange.response.aread()
+    except httpx.TransportError as exc:
+        dispatcher.node_failed(exchange.target.node, type(exc).__name__)
+        raise NodeUnavailable(f"neuron {exchange.target.node} broke off") from exc
+    finally:
+        await exchange.close()
+    observer.chunk()
+    upstream = json.loads(content)
+    observer.usage(upstream.get("usage"))
+    message = to_anthropic_response(
+        upstream,
+        model=model,
+        message_id=_message_id(),
+        tool_id=_tool_id,
+        stop_sequences=openai_body.get("stop") or (),
+    )
+    return json_response(message)
 
 
 async def _stream(
     request: Request,
     dispatcher: Dispatcher,
+    observer: RequestObserver,
     model: str,
     openai_body: dict[str, Any],
-    raw: bytes,
-    stop_sequences: Any,
-) -> None:
+) -> tuple[int, str | None]:
+    """Relay as Anthropic events; returns the status and error code to record."""
     response = None
     translator: StreamTranslator | None = None
+    raw = json.dumps(openai_body).encode()
 
     async def send(events: list[tuple[str, dict[str, Any]]]) -> None:
         if events:
@@ -116,7 +137,7 @@ async def _stream(
             message_id=_message_id(),
             tool_id=_tool_id,
             input_tokens=input_tokens,
-            stop_sequences=stop_sequences,
+            stop_sequences=openai_body.get("stop") or (),
         )
         await send([*translator.start(), ping()])
 
@@ -135,23 +156,30 @@ async def _stream(
             raise
         await send(translator.error(_error_type(exc), exc.message))
         await response.eof()
-        return None
+        return exc.status, exc.code
+    observer.placed(exchange.target.node, exchange.target.model_id, exchange.cold_load_s)
+    outcome: tuple[int, str | None] = (200, None)
     try:
         if response is None:
             await begin(await _input_tokens(dispatcher, exchange, openai_body))
         async for line in exchange.response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
+            observer.chunk()
             chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                observer.usage(chunk["usage"])
             await send(translator.feed(chunk))
         await send(translator.finish())
     except httpx.TransportError as exc:
         dispatcher.node_failed(exchange.target.node, type(exc).__name__)
-        await send(translator.error("api_error", f"neuron {exchange.target.node} broke off"))
+        error = NodeUnavailable(f"neuron {exchange.target.node} broke off")
+        await send(translator.error("api_error", error.message))
+        outcome = (error.status, error.code)
     finally:
         await exchange.close()
     await response.eof()
-    return None
+    return outcome
 
 
 async def _input_tokens(

@@ -8,6 +8,7 @@ the neuron stop generating.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -20,6 +21,7 @@ from cortex.api import sse
 from cortex.api.proxy import Dispatcher, Exchange
 from cortex.errors import CortexError, InvalidRequest, ModelNotFound, NodeUnavailable
 from cortex.fleet.catalogue import catalogue_view, model_ids, model_view
+from cortex.metrics import RequestObserver
 
 bp = Blueprint("openai", url_prefix="/v1")
 
@@ -58,44 +60,96 @@ async def get_model(request: Request, model_id: str) -> HTTPResponse:
 
 @bp.post("/chat/completions")
 async def chat_completions(request: Request) -> HTTPResponse | None:
-    return await relay(request, "/v1/chat/completions")
+    return await relay(request, "/v1/chat/completions", "chat")
 
 
 @bp.post("/completions")
 async def completions(request: Request) -> HTTPResponse | None:
-    return await relay(request, "/v1/completions")
+    return await relay(request, "/v1/completions", "completions")
 
 
 @bp.post("/embeddings")
 async def embeddings(request: Request) -> HTTPResponse | None:
-    return await relay(request, "/v1/embeddings")
+    return await relay(request, "/v1/embeddings", "embeddings")
 
 
-async def relay(request: Request, path: str) -> HTTPResponse | None:
-    body = parse_body(request)
-    model = requested_model(body)
-    dispatcher: Dispatcher = request.app.ctx.dispatcher
-    if body.get("stream") is not True:
-        exchange = await dispatcher.open(model, path, body, request.body)
-        try:
-            content = await exchange.response.aread()
-        except httpx.TransportError as exc:
-            dispatcher.node_failed(exchange.target.node, type(exc).__name__)
-            raise NodeUnavailable(f"neuron {exchange.target.node} broke off") from exc
-        finally:
-            await exchange.close()
-        return raw(
-            content,
-            status=exchange.response.status_code,
-            content_type=exchange.response.headers.get("content-type", "application/json"),
-        )
-    return await _relay_stream(request, dispatcher, model, path, body)
+def observe(request: Request, dialect: str, endpoint: str) -> RequestObserver:
+    snapshot = request.app.ctx.registry.snapshot()
+
+    def known(name: str) -> str:
+        model_id = snapshot.resolve(name)
+        return model_id if model_id in snapshot.catalogue or snapshot.slots(model_id) else "unknown"
+
+    return RequestObserver(
+        request.app.ctx.metrics, dialect=dialect, endpoint=endpoint, known_model=known
+    )
+
+
+async def relay(request: Request, path: str, endpoint: str) -> HTTPResponse | None:
+    observer = observe(request, "openai", endpoint)
+    status, code = 200, None
+    try:
+        body = parse_body(request)
+        model = requested_model(body)
+        observer.requested(model)
+        dispatcher: Dispatcher = request.app.ctx.dispatcher
+        if body.get("stream") is not True:
+            response = await _relay_whole(dispatcher, observer, model, path, body, request.body)
+            status = response.status
+            return response
+        status, code = await _relay_stream(request, dispatcher, observer, model, path, body)
+        return None
+    except CortexError as exc:
+        status, code = exc.status, exc.code
+        raise
+    finally:
+        observer.finish(status, code)
+
+
+async def _relay_whole(
+    dispatcher: Dispatcher,
+    observer: RequestObserver,
+    model: str,
+    path: str,
+    body: dict[str, Any],
+    raw_body: bytes,
+) -> HTTPResponse:
+    exchange = await dispatcher.open(model, path, body, raw_body)
+    observer.placed(exchange.target.node, exchange.target.model_id, exchange.cold_load_s)
+    try:
+        content = await exchange.response.aread()
+    except httpx.TransportError as exc:
+        dispatcher.node_failed(exchange.target.node, type(exc).__name__)
+        raise NodeUnavailable(f"neuron {exchange.target.node} broke off") from exc
+    finally:
+        await exchange.close()
+    observer.chunk()
+    with contextlib.suppress(ValueError, AttributeError):
+        observer.usage(json.loads(content).get("usage"))
+    return raw(
+        content,
+        status=exchange.response.status_code,
+        content_type=exchange.response.headers.get("content-type", "application/json"),
+    )
 
 
 async def _relay_stream(
-    request: Request, dispatcher: Dispatcher, model: str, path: str, body: dict[str, Any]
-) -> None:
+    request: Request,
+    dispatcher: Dispatcher,
+    observer: RequestObserver,
+    model: str,
+    path: str,
+    body: dict[str, Any],
+) -> tuple[int, str | None]:
+    """Relay an SSE stream; returns the status and error code to record for it."""
     response = None
+    options = body.get("stream_options")
+    client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+    raw_body = request.body
+    if not client_wants_usage:
+        # Ask the neuron for usage anyway (metrics count tokens); the client doesn't see it.
+        body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
+        raw_body = json.dumps(body).encode()
 
     async def keep_alive() -> None:
         nonlocal response
@@ -106,25 +160,47 @@ async def _relay_stream(
         await response.send(sse.KEEPALIVE)
 
     try:
-        exchange: Exchange = await dispatcher.open(
-            model, path, body, request.body, waiting=keep_alive
-        )
+        exchange: Exchange = await dispatcher.open(model, path, body, raw_body, waiting=keep_alive)
     except CortexError as exc:
         if response is None:
             raise
         await response.send(sse.data(exc.openai_body()) + sse.DONE)
         await response.eof()
-        return None
+        return exc.status, exc.code
+    observer.placed(exchange.target.node, exchange.target.model_id, exchange.cold_load_s)
     if response is None:
         response = await request.respond(content_type="text/event-stream", headers=sse.SSE_HEADERS)
+    outcome: tuple[int, str | None] = (200, None)
     try:
         async for chunk in exchange.response.aiter_raw():
-            await response.send(chunk)
+            observer.chunk()
+            if b'"usage":{' in chunk:
+                chunk = _take_usage(chunk, observer, keep=client_wants_usage)
+            if chunk:
+                await response.send(chunk)
     except httpx.TransportError as exc:
         dispatcher.node_failed(exchange.target.node, type(exc).__name__)
         error = NodeUnavailable(f"neuron {exchange.target.node} broke off mid-stream")
         await response.send(sse.data(error.openai_body()) + sse.DONE)
+        outcome = (error.status, error.code)
     finally:
         await exchange.close()
     await response.eof()
-    return None
+    return outcome
+
+
+def _take_usage(chunk: bytes, observer: RequestObserver, *, keep: bool) -> bytes:
+    """Record the usage event in `chunk`; drop it when the client did not ask for usage."""
+    kept = []
+    for event in chunk.split(b"\n\n"):
+        if event.startswith(b"data: {") and b'"usage":{' in event:
+            try:
+                payload = json.loads(event[6:])
+            except ValueError:
+                kept.append(event)
+                continue
+            observer.usage(payload.get("usage"))
+            if not keep and payload.get("choices") == []:
+                continue
+        kept.append(event)
+    return b"\n\n".join(kept)

@@ -50,6 +50,9 @@ from cortex.nodes.poller import Poller
 
 log = logging.getLogger("cortex.scheduler")
 
+BLOCKED_PATIENCE_S = 15.0  # how long a cold load waits for busy models in the way to finish
+BLOCKED_RETRY_S = 0.25
+
 
 @dataclass(frozen=True)
 class Target:
@@ -75,6 +78,7 @@ class Scheduler:
         self.clock = clock
         self.on_event = on_event or (lambda kind, fields: None)
         self._loads: dict[str, asyncio.Task[Target]] = {}
+        self._loading_since: dict[str, tuple[str | None, float]] = {}
         self._node_locks = {name: asyncio.Lock() for name in clients}
         self._housekeeping: asyncio.Task[None] | None = None
 
@@ -108,8 +112,12 @@ class Scheduler:
             self.on_event("single_flight_join", {"model": model_id})
         return task
 
-    def loads_in_progress(self) -> list[str]:
-        return [model_id for model_id, task in self._loads.items() if not task.done()]
+    def loads_in_progress(self) -> list[dict[str, Any]]:
+        """Cold loads running now: model, node (once placed) and since when."""
+        return [
+            {"model": model_id, "node": node, "since": since}
+            for model_id, (node, since) in sorted(self._loading_since.items())
+        ]
 
     def _forget(self, model_id: str, task: asyncio.Task[Target]) -> None:
         if self._loads.get(model_id) is task:
@@ -128,7 +136,12 @@ class Scheduler:
             ) from None
 
     async def _make_servable(self, model_id: str, exclude: frozenset[str]) -> Target:
-        for _attempt in range(3):
+        # Models in the way may only look busy (a poll older than their last request) or be
+        # busy for a moment: placement that is blocked is retried on fresh polls for a while
+        # before the request gets its 503.
+        patience = time.monotonic() + min(self.config.cold_load_timeout_s, BLOCKED_PATIENCE_S)
+        replans = 0
+        while True:
             snapshot = self.registry.snapshot()
             decision = route(snapshot, model_id, self.clock(), exclude=exclude)
             if isinstance(decision, Serve):
@@ -143,10 +156,19 @@ class Scheduler:
             assert isinstance(decision, NeedsPlacement)
             try:
                 return await self._cold_load(model_id, decision.candidates)
+            except NoCapacity:
+                if time.monotonic() >= patience:
+                    raise
+                await asyncio.sleep(BLOCKED_RETRY_S)
+                await asyncio.gather(*(self.poller.poll(n) for n in decision.candidates))
             except (Conflict, NodeUnavailable) as exc:
                 # A victim got busy or a node vanished between plan and action: plan again.
+                replans += 1
+                if replans > 2:
+                    raise NoCapacity(
+                        f"could not place {model_id!r}; try again", retry_after=10
+                    ) from exc
                 log.info("cold load of %s needs a new plan: %s", model_id, exc.message)
-        raise NoCapacity(f"could not place {model_id!r}; try again", retry_after=10)
 
     async def _await_remote_load(self, node: str, model_id: str) -> None:
         """Someone else (an operator, a neuron's preload) is loading it: watch until done."""
@@ -203,6 +225,13 @@ class Scheduler:
         return Target(decision.node, model_id)
 
     async def _load(self, entry: CatalogueEntry, node: str) -> None:
+        self._loading_since[entry.id] = (node, self.clock())
+        try:
+            await self._load_on_node(entry, node)
+        finally:
+            self._loading_since.pop(entry.id, None)
+
+    async def _load_on_node(self, entry: CatalogueEntry, node: str) -> None:
         started = time.monotonic()
         self.registry.record(
             "load_started", f"loading {entry.id} on {node}", node=node, model=entry.id

@@ -59,6 +59,7 @@ async def list_models(request: Request) -> HTTPResponse:
 @bp.post("/chat/completions")
 async def chat_completions(request: Request) -> HTTPResponse | None:
     req = chat_request(request.json)
+    request.ctx.model = req.model
     capability = "tools" if req.tools and req.tool_choice != "none" else "chat"
     async with _manager(request).serving(req.model, capability) as resident:
         return await _generate(request, resident, req, _chat_work(req))
@@ -67,6 +68,7 @@ async def chat_completions(request: Request) -> HTTPResponse | None:
 @bp.post("/completions")
 async def completions(request: Request) -> HTTPResponse | None:
     req = completion_request(request.json)
+    request.ctx.model = req.model
     async with _manager(request).serving(req.model, "completion") as resident:
         return await _generate(request, resident, req, _completion_work(req))
 
@@ -74,6 +76,7 @@ async def completions(request: Request) -> HTTPResponse | None:
 @bp.post("/embeddings")
 async def embeddings(request: Request) -> HTTPResponse:
     req = embedding_request(request.json)
+    request.ctx.model = req.model
     async with _manager(request).serving(req.model, "embedding") as resident:
         assert resident.engine is not None
 
@@ -242,7 +245,7 @@ async def _generate(
     assert engine is not None
     if not req.stream:
         result, usage = await engine.call_metered(work)
-        _record(resident, usage)
+        _record(request, resident, usage)
         return json(result)
 
     stream = engine.stream(work)
@@ -281,7 +284,7 @@ async def _generate(
     finally:
         await stream.aclose()
     if usage is not None:
-        _record(resident, usage)
+        _record(request, resident, usage)
         if req.include_usage and last_chunk is not None:
             await response.send(
                 sse_data(
@@ -300,7 +303,10 @@ async def _generate(
     return None
 
 
-def _record(resident: Resident, usage: Usage) -> None:
+def _record(request: Request, resident: Resident, usage: Usage) -> None:
+    metrics = request.app.ctx.metrics
+    metrics.prompt_tokens.labels(resident.spec.id).inc(usage.prompt_tokens)
+    metrics.completion_tokens.labels(resident.spec.id).inc(usage.completion_tokens)
     rate = usage.decode_tok_s
     if rate is not None:
         previous = resident.tok_s_decode

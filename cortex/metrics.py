@@ -1,0 +1,266 @@
+"""Every gateway metric, in one prometheus-client registry per app.
+
+Per request (`RequestObserver`): requests and errors, prompt/completion tokens, end-to-end
+latency, time to first token (measured from the moment the request reached a ready replica, so
+cold-load time is excluded; the cold-load wait has its own histogram), and decode tokens/s.
+Scheduler: cold loads with outcome and duration, evictions by reason, single-flight joins.
+Fleet gauges (nodes up, VRAM per node and GPU, resident models with state, estimated vs used
+VRAM per model) are read from the registry's snapshot at scrape time.
+
+Labels are bounded: model ids are canonical ids the fleet knows (anything else is "unknown"),
+nodes come from config, endpoints and dialects are fixed sets. No prompt, key or free text is
+ever a label.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from cortex.fleet.registry import FleetRegistry
+from cortex.stats import RollingStats, Sample
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_LOAD = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_RATE = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.stats = RollingStats()
+        labels = ("model", "node", "dialect", "endpoint")
+        r = self.registry
+        self.requests = Counter(
+            "cortex_requests", "Requests answered", (*labels, "status_class"), registry=r
+        )
+        self.errors = Counter(
+            "cortex_request_errors",
+            "Requests that failed, by error code",
+            ("model", "dialect", "endpoint", "code"),
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "cortex_prompt_tokens", "Prompt tokens processed", labels, registry=r
+        )
+        self.completion_tokens = Counter(
+            "cortex_completion_tokens", "Completion tokens generated", labels, registry=r
+        )
+        self.latency = Histogram(
+            "cortex_request_duration_seconds",
+            "End-to-end request latency, cold loads included",
+            labels,
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "cortex_time_to_first_token_seconds",
+            "From reaching a ready replica to the first streamed byte (cold load excluded)",
+            labels,
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.cold_wait = Histogram(
+            "cortex_cold_load_wait_seconds",
+            "Time a request waited for its model to load",
+            ("model", "dialect"),
+            buckets=_LOAD,
+            registry=r,
+        )
+        self.decode_rate = Histogram(
+            "cortex_decode_tokens_per_second",
+            "Streamed completion tokens per second",
+            ("model", "node"),
+            buckets=_RATE,
+            registry=r,
+        )
+        self.cold_loads = Counter(
+            "cortex_cold_loads",
+            "Model loads started by the gateway",
+            ("model", "node", "outcome"),
+            registry=r,
+        )
+        self.cold_load_duration = Histogram(
+            "cortex_cold_load_duration_seconds",
+            "Duration of successful loads",
+            ("model", "node"),
+            buckets=_LOAD,
+            registry=r,
+        )
+        self.evictions = Counter(
+            "cortex_evictions",
+            "Models unloaded by the gateway, by reason",
+            ("node", "reason"),
+            registry=r,
+        )
+        self.single_flight_joins = Counter(
+            "cortex_single_flight_joins",
+            "Requests that joined a cold load already running",
+            ("model",),
+            registry=r,
+        )
+
+    def watch_fleet(self, fleet: FleetRegistry) -> None:
+        self.registry.register(_FleetCollector(fleet))
+
+    def on_scheduler_event(self, kind: str, fields: dict[str, Any]) -> None:
+        """Hook for `Scheduler(on_event=...)`."""
+        if kind == "load":
+            self.cold_loads.labels(fields["model"], fields["node"], "ok").inc()
+            self.cold_load_duration.labels(fields["model"], fields["node"]).observe(
+                fields["duration_s"]
+            )
+        elif kind == "load_failed":
+            self.cold_loads.labels(fields["model"], fields["node"], "failed").inc()
+        elif kind == "evict":
+            self.evictions.labels(fields["node"], fields["reason"]).inc()
+        elif kind == "single_flight_join":
+            self.single_flight_joins.labels(fields["model"]).inc()
+
+
+class RequestObserver:
+    """Measures one request from arrival to its last byte."""
+
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        *,
+        dialect: str,
+        endpoint: str,
+        known_model: Callable[[str], str],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.metrics = metrics
+        self.dialect = dialect
+        self.endpoint = endpoint
+        self._known_model = known_model
+        self._clock = clock
+        self.model = "unknown"
+        self.node = "none"
+        self.started = time.monotonic()
+        self.ready_at: float | None = None
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+
+    def requested(self, name: str) -> None:
+        self.model = self._known_model(name)
+
+    def placed(self, node: str, model_id: str, cold_wait_s: float) -> None:
+        self.node, self.model = node, model_id
+        self.ready_at = time.monotonic()
+        if cold_wait_s > 0:
+            self.metrics.cold_wait.labels(model_id, self.dialect).observe(cold_wait_s)
+
+    def chunk(self) -> None:
+        now = time.monotonic()
+        if self.first_at is None:
+            self.first_at = now
+        self.last_at = now
+
+    def usage(self, usage: Any) -> None:
+        if isinstance(usage, dict):
+            self.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens = int(usage.get("completion_tokens") or 0)
+
+    def finish(self, status: int, code: str | None = None) -> None:
+        m = self.metrics
+        labels = (self.model, self.node, self.dialect, self.endpoint)
+        m.requests.labels(*labels, f"{status // 100}xx").inc()
+        if status >= 400:
+            m.errors.labels(self.model, self.dialect, self.endpoint, code or str(status)).inc()
+        m.latency.labels(*labels).observe(time.monotonic() - self.started)
+        ttft = None
+        if self.first_at is not None and self.ready_at is not None:
+            ttft = self.first_at - self.ready_at
+            m.ttft.labels(*labels).observe(ttft)
+        if self.prompt_tokens:
+            m.prompt_tokens.labels(*labels).inc(self.prompt_tokens)
+        if self.completion_tokens:
+            m.completion_tokens.labels(*labels).inc(self.completion_tokens)
+            if self.first_at and self.last_at and self.last_at > self.first_at:
+                rate = (self.completion_tokens - 1) / (self.last_at - self.first_at)
+                m.decode_rate.labels(self.model, self.node).observe(rate)
+        m.stats.add(Sample(self._clock(), self.model, self.completion_tokens, ttft, status >= 400))
+
+
+class _FleetCollector(Collector):
+    """Gauges read from the fleet snapshot when Prometheus scrapes."""
+
+    def __init__(self, fleet: FleetRegistry) -> None:
+        self.fleet = fleet
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        snapshot = self.fleet.snapshot()
+        up = GaugeMetricFamily("cortex_node_up", "1 when the neuron answers polls", labels=["node"])
+        drained = GaugeMetricFamily(
+            "cortex_node_drained", "1 when the node takes no new loads", labels=["node"]
+        )
+        node_total = GaugeMetricFamily(
+            "cortex_node_vram_total_bytes", "VRAM per node", labels=["node"]
+        )
+        node_free = GaugeMetricFamily(
+            "cortex_node_vram_free_bytes", "Free VRAM per node", labels=["node"]
+        )
+        gpu_total = GaugeMetricFamily(
+            "cortex_gpu_vram_total_bytes", "VRAM per GPU", labels=["node", "gpu"]
+        )
+        gpu_free = GaugeMetricFamily(
+            "cortex_gpu_vram_free_bytes", "Free VRAM per GPU", labels=["node", "gpu"]
+        )
+        resident = GaugeMetricFamily(
+            "cortex_model_resident",
+            "1 per resident model and state",
+            labels=["node", "model", "state"],
+        )
+        used = GaugeMetricFamily(
+            "cortex_model_vram_used_bytes",
+            "VRAM a resident model holds (as the neuron reports)",
+            labels=["node", "model"],
+        )
+        estimate = GaugeMetricFamily(
+            "cortex_model_vram_estimate_bytes",
+            "The neuron's estimate for a full offload",
+            labels=["node", "model"],
+        )
+        in_flight = GaugeMetricFamily(
+            "cortex_model_in_flight", "Requests running per replica", labels=["node", "model"]
+        )
+        queued = GaugeMetricFamily(
+            "cortex_model_queue_depth", "Requests queued per replica", labels=["node", "model"]
+        )
+        mib = 1024 * 1024
+        for node in snapshot.nodes.values():
+            up.add_metric([node.name], 1.0 if node.up else 0.0)
+            drained.add_metric([node.name], 1.0 if node.cordoned else 0.0)
+            node_total.add_metric([node.name], node.vram_total_mb * mib)
+            node_free.add_metric([node.name], node.vram_free_mb * mib)
+            for gpu in node.gpus:
+                gpu_total.add_metric([node.name, str(gpu.index)], gpu.vram_total_mb * mib)
+                gpu_free.add_metric([node.name, str(gpu.index)], gpu.vram_free_mb * mib)
+            for slot in node.models:
+                resident.add_metric([node.name, slot.model_id, slot.state], 1.0)
+                used.add_metric([node.name, slot.model_id], slot.vram_used_mb * mib)
+                if slot.estimate_mb is not None:
+                    estimate.add_metric([node.name, slot.model_id], slot.estimate_mb * mib)
+                in_flight.add_metric([node.name, slot.model_id], slot.in_flight)
+                queued.add_metric([node.name, slot.model_id], slot.queue_depth)
+        yield from (
+            up,
+            drained,
+            node_total,
+            node_free,
+            gpu_total,
+            gpu_free,
+            resident,
+            used,
+            estimate,
+            in_flight,
+            queued,
+        )
