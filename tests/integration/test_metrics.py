@@ -119,3 +119,25 @@ def test_errors_are_counted_by_code_and_dialect(fleet) -> None:
         value(text, "cortex_request_errors_total", dialect="anthropic", code="model_not_found") == 1
     )
     assert all("nope" not in s.labels.values() for s in samples(text))  # unknown names not labels
+
+
+def test_grafana_dashboard_uses_exported_metrics(fleet) -> None:
+    """Every metric the dashboard queries exists in a real scrape (gateway or neuron)."""
+    import json
+    import re
+    from pathlib import Path
+
+    cortex, neuron = fleet
+    exported = {
+        family.name
+        for text in (scrape(cortex), httpx.get(neuron.url + "/metrics").text)
+        for family in text_string_to_metric_families(text)
+    }
+    dashboard = json.loads((Path(__file__).parents[2] / "conf/grafana-dashboard.json").read_text())
+    queried = {
+        re.sub(r"_(total|bucket|count|sum)$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\b((?:cortex|neuron)_[a-z_]+)", target["expr"])
+    }
+    assert queried and queried <= exported, queried - exported
