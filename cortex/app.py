@@ -42,7 +42,7 @@ def create_app(
     clock: Callable[[], float] | None = None,
     name: str = "cortex",
 ) -> Sanic:
-    app = Sanic(name)
+    app = Sanic(name, configure_logging=False)  # our own logging.basicConfig applies
     app.config.RESPONSE_TIMEOUT = 24 * 3600
     app.config.KEEP_ALIVE_TIMEOUT = 75
     app.ctx.config = config

@@ -43,7 +43,7 @@ _SANIC_ERROR_TYPES = {
 
 
 def create_app(config: NeuronConfig, *, probe: GpuProbe | None = None) -> Sanic:
-    app = Sanic("neuron")
+    app = Sanic("neuron", configure_logging=False)  # our own logging.basicConfig applies
     app.config.RESPONSE_TIMEOUT = 24 * 3600  # generations and loads take as long as they take
     app.config.KEEP_ALIVE_TIMEOUT = 75
     app.config.REQUEST_MAX_SIZE = 64 * 1024 * 1024

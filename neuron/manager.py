@@ -106,11 +106,7 @@ class Resident:
             "n_layers": placement.geometry.n_layers if placement else None,
             "n_ctx": placement.n_ctx if placement else self.spec.n_ctx,
             "vram_used_mb": round(sum(plan.device_mb.values())) if plan else 0,
-            "ram_used_mb": round(estimate.host_mb)
-            if estimate and plan and not plan.n_gpu_layers
-            else round(_host_share(estimate, plan))
-            if estimate and plan
-            else 0,
+            "ram_used_mb": round(_host_share(estimate, plan)),
             "loaded_at": self.loaded_at,
             "load_duration_s": self.load_duration_s,
             "capabilities": list(self.capabilities),

@@ -85,7 +85,9 @@ class Dispatcher:
             if target is None:
                 target = await self._wait_for_load(requested, exclude, waiting)
                 cold_load_s = time.monotonic() - cold_started
-            payload = raw if body.get("model") == target.model_id else _with_model(body, target)
+            payload = raw
+            if body.get("model") != target.model_id:  # an alias: the neuron knows the real id
+                payload = json.dumps({**body, "model": target.model_id}).encode()
             self.registry.request_started(target.node, target.model_id)
             try:
                 response = await self.clients[target.node].open_stream(path, payload, _JSON, None)
@@ -138,11 +140,3 @@ class Dispatcher:
                 )
             except TimeoutError:
                 continue
-
-
-def _with_model(body: dict[str, Any], target: Target) -> bytes:
-    return json.dumps(replace_model(body, target.model_id)).encode()
-
-
-def replace_model(body: dict[str, Any], model_id: str) -> dict[str, Any]:
-    return {**body, "model": model_id}
