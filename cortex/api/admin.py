@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
+from urllib.parse import unquote
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
@@ -76,6 +77,7 @@ def _node_arg(request: Request, body: dict[str, Any]) -> str | None:
 
 @bp.post("/admin/models/<model_id:path>/load")
 async def load(request: Request, model_id: str) -> HTTPResponse:
+    model_id = unquote(model_id)  # ids may contain "/": clients send them URL-encoded
     node = _node_arg(request, _body(request))
     target = await request.app.ctx.scheduler.load_on(model_id, node)
     return json({"model": target.model_id, "node": target.node, "state": "ready"})
@@ -83,6 +85,7 @@ async def load(request: Request, model_id: str) -> HTTPResponse:
 
 @bp.post("/admin/models/<model_id:path>/unload")
 async def unload(request: Request, model_id: str) -> HTTPResponse:
+    model_id = unquote(model_id)  # ids may contain "/": clients send them URL-encoded
     node = _node_arg(request, _body(request))
     nodes = await request.app.ctx.scheduler.unload(model_id, node)
     return json({"model": model_id, "unloaded_from": nodes})
@@ -90,6 +93,7 @@ async def unload(request: Request, model_id: str) -> HTTPResponse:
 
 @bp.post("/admin/models/<model_id:path>/pin")
 async def pin(request: Request, model_id: str) -> HTTPResponse:
+    model_id = unquote(model_id)  # ids may contain "/": clients send them URL-encoded
     body = _body(request)
     nodes = body.get("nodes")
     if nodes is None:
@@ -105,6 +109,7 @@ async def pin(request: Request, model_id: str) -> HTTPResponse:
 
 @bp.post("/admin/models/<model_id:path>/unpin")
 async def unpin(request: Request, model_id: str) -> HTTPResponse:
+    model_id = unquote(model_id)  # ids may contain "/": clients send them URL-encoded
     return json(_set_pins(request, model_id, []))
 
 
@@ -131,11 +136,13 @@ def _set_pins(request: Request, model_id: str, nodes: list[str]) -> dict[str, An
 
 @bp.post("/admin/nodes/<name>/drain")
 async def drain(request: Request, name: str) -> HTTPResponse:
+    name = unquote(name)
     return json(_cordon(request, name, True))
 
 
 @bp.post("/admin/nodes/<name>/undrain")
 async def undrain(request: Request, name: str) -> HTTPResponse:
+    name = unquote(name)
     return json(_cordon(request, name, False))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 from typing import Any
+from urllib.parse import unquote
 
 import httpx
 from sanic import Blueprint, Request
@@ -50,6 +51,7 @@ async def list_models(request: Request) -> HTTPResponse:
 
 @bp.get("/models/<model_id:path>")
 async def get_model(request: Request, model_id: str) -> HTTPResponse:
+    model_id = unquote(model_id)  # ids may contain "/": clients send them URL-encoded
     snapshot = request.app.ctx.registry.snapshot()
     if model_id in snapshot.aliases:
         return json_response(model_view(snapshot, snapshot.aliases[model_id], alias_of=model_id))

@@ -328,3 +328,10 @@ def test_pin_and_unpin_persist_to_models_toml(fleet) -> None:
     assert locations(fleet, "smol-c") == ["small"]
     httpx.post(f"{fleet.url}/admin/models/smol-c/unpin")
     assert "pinned_on" not in Path(fleet.models_path).read_text()
+
+
+def test_url_encoded_ids_in_paths(fleet) -> None:
+    one = httpx.get(fleet.url + "/v1/models/gpt%2D4o%2Dmini")
+    assert one.status_code == 200 and one.json()["alias_for"] == "smol-b"
+    loaded = httpx.post(f"{fleet.url}/admin/models/smol%2Da/load", json={"node": "mid"}, timeout=60)
+    assert loaded.status_code == 200 and loaded.json()["model"] == "smol-a"
