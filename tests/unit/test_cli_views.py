@@ -10,7 +10,7 @@ import httpx
 import pytest
 from rich.console import Console
 
-from cortex import cli
+from cortex import cli, cli_views
 from tests.conftest import free_port
 
 NOW = 1_000_000.0
@@ -66,11 +66,11 @@ def render(renderable) -> str:
     [(None, "–"), (-3, "0s"), (59.9, "59s"), (125, "2m05s"), (7260, "2h01m"), (90000, "1d01h")],
 )
 def test_format_age(seconds: float | None, shown: str) -> None:
-    assert cli.format_age(seconds) == shown
+    assert cli_views.format_age(seconds) == shown
 
 
 def test_model_rows_catalogue_first_then_resident_extras() -> None:
-    rows = {row["id"]: row for row in cli.model_rows(document())}
+    rows = {row["id"]: row for row in cli_views.model_rows(document())}
     assert list(rows) == ["smol-a", "[bold]gemma[/bold]", "adhoc"]
     smol = rows["smol-a"]
     assert smol["state"] == "ready, loading"
@@ -85,7 +85,7 @@ def test_model_rows_catalogue_first_then_resident_extras() -> None:
 
 
 def test_models_table_shows_ids_literally() -> None:
-    text = render(cli.models_table(cli.model_rows(document())))
+    text = render(cli_views.models_table(cli_views.model_rows(document())))
     assert "[bold]gemma[/bold]" in text  # an id is data, never rich markup
     assert "alpha ready, beta loading (node down)" in text
     assert "adhoc (not in catalogue)" in text
@@ -93,7 +93,7 @@ def test_models_table_shows_ids_literally() -> None:
 
 
 def test_status_view() -> None:
-    text = render(cli.status_view(document(), "http://gw:31313"))
+    text = render(cli_views.status_view(document(), "http://gw:31313"))
     assert "http://gw:31313: 1/2 nodes up, 3 models resident, 2 catalogued" in text
     alpha = next(line for line in text.splitlines() if "alpha" in line and "RTX" in line)
     assert "yes" in alpha and "cuda" in alpha and "4,564 / 24,564" in alpha
