@@ -54,11 +54,22 @@ def _decision_messages(messages: list[dict[str, Any]], tools: list[dict[str, Any
     return [{"role": "system", "content": guide}, *messages]
 
 
+def chat_prompt(llama: Any, messages: list[dict[str, Any]]) -> str:
+    """The prompt the model's own chat template (GGUF `tokenizer.chat_template`) makes."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    formatter = Jinja2ChatFormatter(
+        template=llama.metadata["tokenizer.chat_template"],
+        eos_token=llama._model.token_get_text(llama.token_eos()),
+        bos_token=llama._model.token_get_text(llama.token_bos()),
+    )
+    return formatter(messages=messages).prompt
+
+
 def choose_tool(
     llama: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
 ) -> str | None:
     """The function the model wants to call now, or None when it wants to answer in words."""
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
     from llama_cpp.llama_grammar import LlamaGrammar
 
     names = [tool["function"]["name"] for tool in tools]
@@ -66,12 +77,7 @@ def choose_tool(
     grammar = LlamaGrammar.from_string(
         f'root ::= "message:" | functions\nfunctions ::= {alternatives}\n', verbose=False
     )
-    formatter = Jinja2ChatFormatter(
-        template=llama.metadata["tokenizer.chat_template"],
-        eos_token=llama._model.token_get_text(llama.token_eos()),
-        bos_token=llama._model.token_get_text(llama.token_bos()),
-    )
-    prompt = formatter(messages=_decision_messages(plain_messages(messages), tools)).prompt
+    prompt = chat_prompt(llama, _decision_messages(plain_messages(messages), tools))
     decision = llama.create_completion(
         prompt=prompt, grammar=grammar, temperature=0, max_tokens=_DECISION_TOKENS
     )

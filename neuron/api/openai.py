@@ -30,7 +30,7 @@ from neuron.api.sse import DONE, SSE_HEADERS, sse_data
 from neuron.engine import Usage
 from neuron.errors import ContextLengthExceeded, InvalidRequest, ModelUnavailable, NeuronError
 from neuron.manager import ModelManager, ModelState, Resident
-from neuron.tools import choose_tool, plain_messages
+from neuron.tools import chat_prompt, choose_tool, plain_messages
 
 bp = Blueprint("openai", url_prefix="/v1")
 
@@ -142,18 +142,10 @@ def _chat_prompt_tokens(
 
     Tool definitions are counted as their JSON text, which is how templates present them.
     """
-    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
-    template = llama.metadata.get("tokenizer.chat_template")
-    if not template:
+    if not llama.metadata.get("tokenizer.chat_template"):
         text = "\n".join(str(m.get("content") or "") for m in messages)
         return len(llama.tokenize(text.encode(), add_bos=True, special=True))
-    formatter = Jinja2ChatFormatter(
-        template=template,
-        eos_token=llama._model.token_get_text(llama.token_eos()),
-        bos_token=llama._model.token_get_text(llama.token_bos()),
-    )
-    prompt = formatter(messages=messages).prompt
+    prompt = chat_prompt(llama, messages)
     if tools:
         prompt += json_module.dumps(tools)
     return len(llama.tokenize(prompt.encode(), add_bos=False, special=True))
