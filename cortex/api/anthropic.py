@@ -91,15 +91,8 @@ async def _whole(
     dispatcher: Dispatcher, observer: RequestObserver, model: str, openai_body: dict[str, Any]
 ) -> HTTPResponse:
     raw = json.dumps(openai_body).encode()
-    exchange = await dispatcher.open(model, _CHAT, openai_body, raw)
+    exchange, content = await dispatcher.fetch(model, _CHAT, openai_body, raw)
     observer.placed(exchange.target.node, exchange.target.model_id, exchange.cold_load_s)
-    try:
-        content = await exchange.response.aread()
-    except httpx.TransportError as exc:
-        dispatcher.node_failed(exchange.target.node, type(exc).__name__)
-        raise NodeUnavailable(f"neuron {exchange.target.node} broke off") from exc
-    finally:
-        await exchange.close()
     observer.chunk()
     upstream = json.loads(content)
     observer.usage(upstream.get("usage"))

@@ -116,15 +116,8 @@ async def _relay_whole(
     body: dict[str, Any],
     raw_body: bytes,
 ) -> HTTPResponse:
-    exchange = await dispatcher.open(model, path, body, raw_body)
+    exchange, content = await dispatcher.fetch(model, path, body, raw_body)
     observer.placed(exchange.target.node, exchange.target.model_id, exchange.cold_load_s)
-    try:
-        content = await exchange.response.aread()
-    except httpx.TransportError as exc:
-        dispatcher.node_failed(exchange.target.node, type(exc).__name__)
-        raise NodeUnavailable(f"neuron {exchange.target.node} broke off") from exc
-    finally:
-        await exchange.close()
     observer.chunk()
     with contextlib.suppress(ValueError, AttributeError):
         observer.usage(json.loads(content).get("usage"))

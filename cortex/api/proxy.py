@@ -108,6 +108,20 @@ class Dispatcher:
             return Exchange(target, response, self.registry, cold_load_s)
         raise AssertionError("unreachable: the second attempt returns or raises")
 
+    async def fetch(
+        self, requested: str, path: str, body: dict[str, Any], raw: bytes
+    ) -> tuple[Exchange, bytes]:
+        """A whole (non-streaming) answer: the closed exchange and its body."""
+        exchange = await self.open(requested, path, body, raw)
+        try:
+            content = await exchange.response.aread()
+        except httpx.TransportError as exc:
+            self.node_failed(exchange.target.node, type(exc).__name__)
+            raise NodeUnavailable(f"neuron {exchange.target.node} broke off") from exc
+        finally:
+            await exchange.close()
+        return exchange, content
+
     async def target(self, requested: str, waiting: Waiting | None = None) -> Target:
         """A ready replica of `requested`, cold-loading it if needed, without opening a request."""
         target = self.scheduler.route_now(requested)
