@@ -60,6 +60,10 @@ class Usage:
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # What the latest sampling pass produced: its tokens (end-of-generation excluded) and
+    # whether it ended on end-of-generation (else: max_tokens, a stop sequence, cancellation).
+    generated: list[int] = field(default_factory=list)
+    ended_on_eog: bool = False
     started_at: float = 0.0
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -258,12 +262,16 @@ class Engine:
             prompt = list(tokens)
             if job is not None:
                 job.usage.prompt_tokens = max(job.usage.prompt_tokens, len(prompt))
+                job.usage.generated, job.usage.ended_on_eog = [], False
             for token in generate(prompt, *args, **kwargs):
                 if job is not None:
                     now = time.perf_counter()
                     if job.cancel.is_set():
                         return
-                    if not llama_cpp.llama_vocab_is_eog(vocab, token):
+                    if llama_cpp.llama_vocab_is_eog(vocab, token):
+                        job.usage.ended_on_eog = True
+                    else:
+                        job.usage.generated.append(token)
                         job.usage.completion_tokens += 1
                         if job.usage.first_token_at is None:
                             job.usage.first_token_at = now

@@ -230,9 +230,36 @@ def _completion_work(req: GenerationRequest) -> Any:
 # -- rendering -----------------------------------------------------------------------------------
 
 
+def _naming_stop_sequences(work: Any, stops: list[str] | None) -> Any:
+    """Wrap `work` so that a choice that stopped on one of `stops` says which (`stop_reason`,
+    as vLLM does): OpenAI's `finish_reason: "stop"` alone cannot tell a stop sequence from the
+    model's end of turn, and Anthropic clients need `stop_sequence`. Runs on the engine thread.
+    """
+    if not stops:
+        return work
+
+    def name_it(payload: Any, llama: Any, usage: Usage) -> Any:
+        for choice in payload.get("choices") or []:
+            if choice.get("finish_reason") == "stop" and not usage.ended_on_eog:
+                text = llama.detokenize(usage.generated).decode("utf-8", errors="ignore")
+                found = [(text.find(stop), stop) for stop in stops if stop in text]
+                if found:
+                    choice["stop_reason"] = min(found)[1]
+        return payload
+
+    def named(llama: Any, job: Any) -> Any:
+        result = work(llama, job)
+        if isinstance(result, dict):
+            return name_it(result, llama, job.usage)
+        return (name_it(chunk, llama, job.usage) for chunk in result)
+
+    return named
+
+
 async def _generate(
     request: Request, resident: Resident, req: GenerationRequest, work: Any
 ) -> HTTPResponse | None:
+    work = _naming_stop_sequences(work, req.sampling.get("stop"))
     engine = resident.engine
     assert engine is not None
     if not req.stream:

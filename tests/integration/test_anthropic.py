@@ -79,6 +79,23 @@ def test_max_tokens_stop_reason(client: anthropic.Anthropic) -> None:
     assert message.stop_reason == "max_tokens" and message.usage.output_tokens == 3
 
 
+def test_stop_sequence_is_reported(client: anthropic.Anthropic) -> None:
+    request = dict(
+        model="smol",
+        max_tokens=40,
+        extra_body={"temperature": 0},  # this SDK version has no temperature argument
+        stop_sequences=["3", "7"],
+        messages=[{"role": "user", "content": "Count from 1 to 10, separated by commas."}],
+    )
+    message = client.messages.create(**request)
+    assert message.stop_reason == "stop_sequence" and message.stop_sequence == "3"
+    assert "3" not in message.content[0].text
+    with client.messages.stream(**request) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == "3"
+    assert final.content[0].text == message.content[0].text
+
+
 def test_messages_stream_text_and_final_message(client: anthropic.Anthropic) -> None:
     with client.messages.stream(
         model="claude-local",  # alias of smol

@@ -152,6 +152,7 @@ def test_completion_on_gemma_with_stop_max_tokens_and_seed(client: openai.OpenAI
     )
     assert "," not in stopped.choices[0].text
     assert stopped.choices[0].finish_reason == "stop"
+    assert stopped.choices[0].model_extra["stop_reason"] == ","  # which stop sequence matched
     sampled = [
         client.completions.create(
             model="gemma", prompt="Once upon a time", max_tokens=16, temperature=1.0, seed=seed
