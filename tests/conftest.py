@@ -204,3 +204,27 @@ class CortexProcess:
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+
+def write_split_gguf(source: Path, dest: Path, max_tensors: int = 100) -> list[Path]:
+    """Rewrite a GGUF as a split GGUF (`name-0000k-of-0000n.gguf`), tensors kept byte for byte,
+    the way llama.cpp's gguf-split writes one. Returns the parts in order."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    reader = GGUFReader(source)
+    arch = str(reader.fields["general.architecture"].contents())
+    writer = GGUFWriter(dest, arch=arch, split_max_tensors=max_tensors)
+    for name, field in reader.fields.items():
+        if name.startswith(("GGUF.", "split.")) or name == "general.architecture":
+            continue
+        sub_type = field.types[-1] if field.types[0] == GGUFValueType.ARRAY else None
+        writer.add_key_value(name, field.contents(), field.types[0], sub_type=sub_type)
+    for tensor in reader.tensors:
+        writer.add_tensor(
+            tensor.name, tensor.data, raw_shape=tensor.data.shape, raw_dtype=tensor.tensor_type
+        )
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return sorted(dest.parent.glob(f"{dest.stem}-*-of-*.gguf"))

@@ -14,6 +14,8 @@ import httpx
 import openai
 import pytest
 
+from tests.conftest import write_split_gguf
+
 SMOL = "smollm2-135m-instruct"
 GEMMA = "gemma3-270m"
 
@@ -26,6 +28,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory, smollm_path: Path) -> Pa
     (models / "half.gguf").write_bytes(data[: len(data) // 2])
     shutil.copyfile(smollm_path, models / "smol-copy.gguf")
     (models / "escape.gguf").symlink_to(smollm_path)  # points outside model_dirs
+    (models / "split").mkdir()
+    assert len(write_split_gguf(smollm_path, models / "split" / "smol-split.gguf")) == 3
     return models
 
 
@@ -231,6 +235,20 @@ def test_plan_load_unload(neuron) -> None:
     assert "extra" not in [m["id"] for m in httpx.get(neuron.url + "/models").json()]
     gone = httpx.post(neuron.url + "/models/unload", json={"model": "extra"})
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize("source", ["smol-split", "split/smol-split-00001-of-00003.gguf"])
+def test_split_gguf_loads_and_serves(neuron, client: openai.OpenAI, source: str) -> None:
+    loaded = httpx.post(
+        neuron.url + "/models/load", json={"model": "split", "source": source}, timeout=60
+    )
+    assert loaded.status_code == 200, loaded.text
+    assert loaded.json()["path"].endswith("smol-split-00001-of-00003.gguf")
+    reply = client.completions.create(
+        model="split", prompt="The capital of France is", max_tokens=3, temperature=0
+    )
+    assert "Paris" in reply.choices[0].text  # the same weights as the single-file SmolLM2
+    assert httpx.post(neuron.url + "/models/unload", json={"model": "split"}).status_code == 200
 
 
 def test_concurrent_loads_run_once(neuron) -> None:
