@@ -103,9 +103,6 @@ class FleetRegistry:
             del self._in_flight[key]
         self._snapshot = None
 
-    def live_in_flight(self, node: str, model_id: str) -> int:
-        return self._in_flight.get((node, model_id), 0)
-
     def record(
         self,
         kind: str,
