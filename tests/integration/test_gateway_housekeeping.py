@@ -25,8 +25,13 @@ def wait_for(predicate, timeout: float = 15) -> bool:
     return False
 
 
-def resident(cortex: CortexProcess) -> set[str]:
-    return {m["model_id"] for n in cortex.fleet()["nodes"] for m in n["models"]}
+def resident(cortex: CortexProcess, state: str | None = None) -> set[str]:
+    return {
+        m["model_id"]
+        for n in cortex.fleet()["nodes"]
+        for m in n["models"]
+        if state in (None, m["state"])
+    }
 
 
 def test_idle_models_unload_but_pinned_ones_stay(start_neuron, tmp_path) -> None:
@@ -61,7 +66,9 @@ def test_defrag_reloads_the_resident_set_after_evictions(start_neuron, tmp_path)
         assert wait_for(
             lambda: any(e["kind"] == "defrag" for e in cortex.fleet()["events"]), timeout=10
         )
-        assert wait_for(lambda: resident(cortex) == {"keep", "other"}, timeout=10)
+        assert wait_for(
+            lambda: resident(cortex) == resident(cortex, "ready") == {"keep", "other"}, timeout=10
+        )
         loaded_at = {
             m["model_id"]: m["loaded_at"] for n in cortex.fleet()["nodes"] for m in n["models"]
         }
