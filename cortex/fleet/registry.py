@@ -14,6 +14,7 @@ import itertools
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
 from cortex.fleet.state import CatalogueEntry, FleetSnapshot, NodeState
@@ -48,6 +49,11 @@ class FleetRegistry:
         self._catalogue: dict[str, CatalogueEntry] = {entry.id: entry for entry in catalogue}
         self._aliases = dict(aliases)
         self._in_flight: Counter[tuple[str, str]] = Counter()
+        # Per-node views with live counts, rebuilt only for the node that changed: a request
+        # starting or finishing touches one node, and this runs twice per proxied request.
+        self._views = dict(self._nodes)
+        self._catalogue_view = MappingProxyType(dict(self._catalogue))
+        self._aliases_view = MappingProxyType(dict(self._aliases))
         self._snapshot: FleetSnapshot | None = None
         self.events: deque[FleetEvent] = deque(maxlen=EVENT_HISTORY)
         self._seq = itertools.count(1)
@@ -57,31 +63,34 @@ class FleetRegistry:
     def snapshot(self) -> FleetSnapshot:
         if self._snapshot is None:
             self._snapshot = FleetSnapshot(
-                nodes={name: self._with_live_counts(node) for name, node in self._nodes.items()},
-                catalogue=dict(self._catalogue),
-                aliases=dict(self._aliases),
+                nodes=MappingProxyType(dict(self._views)),
+                catalogue=self._catalogue_view,
+                aliases=self._aliases_view,
             )
         return self._snapshot
 
     def node(self, name: str) -> NodeState:
         return self._nodes[name]
 
-    def _with_live_counts(self, node: NodeState) -> NodeState:
-        if not any(key[0] == node.name for key in self._in_flight):
-            return node
-        slots = tuple(
-            replace(
-                slot, in_flight=max(slot.in_flight, self._in_flight[(node.name, slot.model_id)])
+    def _refresh_view(self, name: str) -> None:
+        node = self._nodes[name]
+        live = [self._in_flight.get((name, slot.model_id), 0) for slot in node.models]
+        if any(count > slot.in_flight for count, slot in zip(live, node.models, strict=True)):
+            node = replace(
+                node,
+                models=tuple(
+                    replace(slot, in_flight=max(slot.in_flight, count))
+                    for count, slot in zip(live, node.models, strict=True)
+                ),
             )
-            for slot in node.models
-        )
-        return replace(node, models=slots)
+        self._views[name] = node
+        self._snapshot = None
 
     # -- writing -----------------------------------------------------------------------------
 
     def put_node(self, node: NodeState) -> None:
         self._nodes[node.name] = node
-        self._snapshot = None
+        self._refresh_view(node.name)
 
     def update_node(self, name: str, **changes: Any) -> NodeState:
         node = replace(self._nodes[name], **changes)
@@ -90,18 +99,19 @@ class FleetRegistry:
 
     def put_entry(self, entry: CatalogueEntry) -> None:
         self._catalogue[entry.id] = entry
+        self._catalogue_view = MappingProxyType(dict(self._catalogue))
         self._snapshot = None
 
     def request_started(self, node: str, model_id: str) -> None:
         self._in_flight[(node, model_id)] += 1
-        self._snapshot = None
+        self._refresh_view(node)
 
     def request_finished(self, node: str, model_id: str) -> None:
         key = (node, model_id)
         self._in_flight[key] -= 1
         if self._in_flight[key] <= 0:
             del self._in_flight[key]
-        self._snapshot = None
+        self._refresh_view(node)
 
     def record(
         self,
