@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import statistics
 import struct
 import threading
 import time
@@ -512,11 +513,18 @@ def test_unload_releases_memory(start_neuron) -> None:
         assert loaded.status_code == 200
         assert httpx.post(node.url + "/models/unload", json={"model": "g"}).status_code == 200
 
-    cycle()
-    baseline = node.rss_mb()
+    # RSS sampled right after an unload wobbles by ±5 MiB (allocator timing); compare the
+    # median of three cycles before the ten with the median of the last three of them.
+    warm_up = []
+    for _ in range(3):
+        cycle()
+        warm_up.append(node.rss_mb())
+    samples = []
     for _ in range(10):
         cycle()
-    assert node.rss_mb() <= baseline * 1.10
+        samples.append(node.rss_mb())
+    baseline = statistics.median(warm_up)
+    assert statistics.median(samples[-3:]) <= baseline * 1.10, (warm_up, samples)
 
 
 def test_hf_cache_offline(start_neuron, tmp_path: Path, smollm_path: Path) -> None:
