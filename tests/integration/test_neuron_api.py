@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import statistics
 import struct
 import threading
 import time
@@ -513,8 +512,9 @@ def test_unload_releases_memory(start_neuron) -> None:
         assert loaded.status_code == 200
         assert httpx.post(node.url + "/models/unload", json={"model": "g"}).status_code == 200
 
-    # RSS sampled right after an unload wobbles by ±5 MiB (allocator timing); compare the
-    # median of three cycles before the ten with the median of the last three of them.
+    # RSS right after an unload alternates between two levels ~11 MiB apart (pages the
+    # allocator has or hasn't handed back yet), so single readings can't be compared. A leak
+    # raises the floor: compare the lowest and the highest readings before and after ten cycles.
     warm_up = []
     for _ in range(3):
         cycle()
@@ -523,8 +523,8 @@ def test_unload_releases_memory(start_neuron) -> None:
     for _ in range(10):
         cycle()
         samples.append(node.rss_mb())
-    baseline = statistics.median(warm_up)
-    assert statistics.median(samples[-3:]) <= baseline * 1.10, (warm_up, samples)
+    assert min(samples[-3:]) <= min(warm_up) * 1.10, (warm_up, samples)
+    assert max(samples) <= max(warm_up) * 1.10, (warm_up, samples)
 
 
 def test_hf_cache_offline(start_neuron, tmp_path: Path, smollm_path: Path) -> None:
