@@ -28,6 +28,7 @@ from neuron.api.schema import (
 )
 from neuron.api.sse import DONE, SSE_HEADERS, sse_data
 from neuron.engine import Usage
+from neuron.engine.grammar import schema_grammar
 from neuron.errors import ContextLengthExceeded, InvalidRequest, ModelUnavailable, NeuronError
 from neuron.manager import ModelManager, ModelState, Resident
 from neuron.tools import chat_prompt, choose_tool, plain_messages
@@ -60,6 +61,7 @@ async def list_models(request: Request) -> HTTPResponse:
 async def chat_completions(request: Request) -> HTTPResponse | None:
     req = chat_request(request.json)
     request.ctx.model = req.model
+    _check_schemas(req)
     capability = "tools" if req.tools and req.tool_choice != "none" else "chat"
     async with _manager(request).serving(req.model, capability) as resident:
         return await _generate(request, resident, req, _chat_work(req))
@@ -122,6 +124,19 @@ async def tokenize(request: Request) -> HTTPResponse:
     tools = req.tools or []
     count = await asyncio.to_thread(_chat_prompt_tokens, llama, plain_messages(req.messages), tools)
     return json({"model": model, "count": count})
+
+
+def _check_schemas(req: GenerationRequest) -> None:
+    """Refuse (400) every JSON schema that would make a grammar llama.cpp cannot use."""
+    if req.tools and req.tool_choice != "none":
+        for index, tool in enumerate(req.tools):
+            schema_grammar(
+                tool["function"].get("parameters") or {},
+                param=f"tools[{index}].function.parameters",
+            )
+    response_format = req.sampling.get("response_format") or {}
+    if "schema" in response_format:
+        schema_grammar(response_format["schema"], param="response_format")
 
 
 # -- work run on the engine thread ---------------------------------------------------------------

@@ -545,3 +545,46 @@ def test_hf_cache_offline(start_neuron, tmp_path: Path, smollm_path: Path) -> No
     )
     assert loaded.status_code == 200, loaded.text
     assert loaded.json()["path"].endswith("smol-Q4_1.gguf")
+
+
+_EMPTY_RULE_SCHEMAS = [
+    {"anyOf": []},
+    {"enum": []},
+    {"type": []},
+    {"type": "object", "properties": {"unit": {"enum": []}}, "required": ["unit"]},
+    {"oneOf": []},
+    {"type": "foo"},
+    {"$ref": "#/definitions/missing"},
+]
+
+
+def _tool(parameters: object) -> dict:
+    return {"type": "function", "function": {"name": "pick", "parameters": parameters}}
+
+
+@pytest.mark.parametrize("schema", _EMPTY_RULE_SCHEMAS, ids=json.dumps)
+@pytest.mark.parametrize("where", ["forced tool", "auto tool", "response_format"])
+def test_unusable_json_schemas_are_400_and_the_neuron_survives(
+    neuron, schema: dict, where: str
+) -> None:
+    """These schemas make grammars llama.cpp refuses; before the check, llama-cpp-python then
+    sampled with a NULL grammar and the neuron died of SIGSEGV."""
+    body: dict = {"model": "smol", "messages": [{"role": "user", "content": "hi"}]}
+    if where == "response_format":
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "x", "schema": schema},
+        }
+        param = "response_format"
+    else:
+        body["tools"] = [_tool({"type": "object", "properties": {}}), _tool(schema)]
+        body["tools"][0]["function"]["name"] = "fine"
+        if where == "forced tool":
+            body["tool_choice"] = {"type": "function", "function": {"name": "pick"}}
+        param = "tools[1].function.parameters"
+    response = httpx.post(neuron.url + "/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["code"] == "invalid_schema"
+    assert neuron.proc.poll() is None
+    assert_still_serving(neuron)
