@@ -35,15 +35,22 @@ class ModelSpec:
     n_ctx: int | None = None
     n_gpu_layers: int | None = None
     embedding: bool = False
+    parallel: int | None = None  # sequences decoded together; None = the neuron's default
 
     @property
     def source_or_id(self) -> str:
         return self.source or self.id
 
 
+DEFAULT_PARALLEL = 4
+MAX_PARALLEL = 64  # the engine keeps 2 × parallel KV sequences; llama.cpp allows 256
+
+
 @dataclass(frozen=True)
 class Admission:
-    max_in_flight: int = 1
+    """Per-model limits. `max_in_flight` None means: as many as the model decodes at once."""
+
+    max_in_flight: int | None = None
     max_queue_depth: int = 16
     max_wait_s: float = 120.0
 
@@ -58,6 +65,7 @@ class NeuronConfig:
     n_threads: int | None = None
     default_models: tuple[ModelSpec, ...] = ()
     admission: Admission = field(default_factory=Admission)
+    parallel: int = DEFAULT_PARALLEL
     auth_token: str | None = None
     drain_timeout_s: float = 60.0
     source_path: Path | None = None
@@ -97,11 +105,14 @@ def load_config(path: Path | None = None) -> NeuronConfig:
     root = TomlTable.load(path)
     admission_table = root.table("admission")
     admission = Admission(
-        max_in_flight=admission_table.get("max_in_flight", int, 1, positive),
+        max_in_flight=admission_table.get("max_in_flight", int, None, positive),
         max_queue_depth=admission_table.get("max_queue_depth", int, 16, non_negative),
         max_wait_s=admission_table.get("max_wait_s", float, 120.0, positive),
     )
     admission_table.finish()
+    engine_table = root.table("engine")
+    parallel = engine_table.get("parallel", int, DEFAULT_PARALLEL, _parallel)
+    engine_table.finish()
     auth = root.table("auth")
     token = auth.get("token", str, None) or None
     auth.finish()
@@ -118,6 +129,7 @@ def load_config(path: Path | None = None) -> NeuronConfig:
         n_threads=n_threads or None,
         default_models=tuple(_model_specs(root)),
         admission=admission,
+        parallel=parallel,
         auth_token=token,
         drain_timeout_s=root.get("drain_timeout_s", float, 60.0, positive),
         source_path=path,
@@ -143,10 +155,17 @@ def _model_specs(root: TomlTable) -> list[ModelSpec]:
                 n_ctx=entry.get("n_ctx", int, None, positive),
                 n_gpu_layers=entry.get("n_gpu_layers", int, None),
                 embedding=entry.get("embedding", bool, False),
+                parallel=entry.get("parallel", int, None, _parallel),
             )
         )
         entry.finish()
     return specs
+
+
+def _parallel(value: int) -> str | None:
+    if not 1 <= value <= MAX_PARALLEL:
+        return f"must be between 1 and {MAX_PARALLEL}"
+    return None
 
 
 def _expand(value: str) -> Path:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -61,10 +61,13 @@ class Placement:
     estimate: MemoryEstimate
     plan: OffloadPlan
     available_mb: float  # free VRAM minus headroom, summed over devices, when planned
+    parallel: int = 1  # requests decoded together; the KV pool holds n_ctx × parallel cells
 
     def describe(self) -> dict[str, Any]:
         return {
             "available_mb": round(self.available_mb),
+            "parallel": self.parallel,
+            "kv_cells": self.n_ctx * self.parallel,
             "resolved": str(self.source.primary),
             "file_bytes": self.geometry.file_bytes,
             "n_layers": self.geometry.n_layers,
@@ -119,7 +122,7 @@ class Resident:
         return body
 
     def health(self) -> dict[str, Any]:
-        return {
+        body = {
             "id": self.spec.id,
             "state": self.state.value,
             "in_flight": self.gate.in_flight,
@@ -130,6 +133,16 @@ class Resident:
             "last_used_at": self.last_used_at,
             "tok_s_decode": self.tok_s_decode,
         }
+        if self.engine is not None and self.state is ModelState.READY:
+            stats = self.engine.stats()
+            body.update(
+                slots_busy=stats.slots_busy,
+                slots_total=stats.slots_total,
+                kv_cells_used=stats.kv_cells_used,
+                kv_cells_total=stats.kv_cells_total,
+                cache_sequences=stats.cache_sequences,
+            )
+        return body
 
 
 def _host_share(estimate: MemoryEstimate | None, plan: OffloadPlan | None) -> float:
@@ -138,15 +151,26 @@ def _host_share(estimate: MemoryEstimate | None, plan: OffloadPlan | None) -> fl
     return max(0.0, estimate.host_mb - sum(plan.device_mb.values()))
 
 
+EngineFactory = Callable[[ModelSpec, "Placement", OffloadPlan, int], Engine]
+
+
 class ModelManager:
+    """Owns every model this neuron holds: loads (single flight), unloads, admission, drain.
+
+    All methods run on the event loop. Engines are built by `engine_factory` (llama.cpp by
+    default; tests pass a `FakeEngine` factory) and are the only thing that touches a model.
+    """
+
     def __init__(
         self,
         config: NeuronConfig,
         probe: GpuProbe,
         gpu_offload: bool,
         metrics: NeuronMetrics | None = None,
+        engine_factory: EngineFactory | None = None,
     ) -> None:
         self.config = config
+        self.engine_factory = engine_factory or self._llama_engine
         self.metrics = metrics
         self.probe = probe
         # Whether this llama.cpp build can offload at all; with fake GPUs on a CPU build the
@@ -158,8 +182,13 @@ class ModelManager:
 
     # -- planning ----------------------------------------------------------------------------
 
-    async def placement(self, source_spec: str, n_ctx: int | None) -> Placement:
-        """Resolve a source and plan it against the free memory of this instant."""
+    async def placement(
+        self, source_spec: str, n_ctx: int | None, parallel: int | None = None
+    ) -> Placement:
+        """Resolve a source and plan it against the free memory of this instant.
+
+        The KV cache is one pool of `n_ctx × parallel` cells (each of `parallel` requests may
+        use up to `n_ctx`), so the estimate is made for that many cells."""
         source = await asyncio.to_thread(
             resolve_source,
             source_spec,
@@ -171,12 +200,15 @@ class ModelManager:
         except GgufFormatError as exc:
             raise InvalidModelFile(str(exc)) from exc
         ctx = n_ctx or min(self.config.default_n_ctx, geometry.n_ctx_train or 10**9)
+        cells = ctx * (parallel or self.config.parallel)
         free = {status.index: status.vram_free_mb for status in self.probe.status()}
-        estimate = estimate_memory(geometry, ctx)
+        estimate = estimate_memory(geometry, cells)
         headroom = self.config.vram_headroom_mb
-        plan = plan_offload(geometry, ctx, free, headroom)
+        plan = plan_offload(geometry, cells, free, headroom)
         available = sum(max(0.0, mb - headroom) for mb in free.values())
-        return Placement(source, geometry, ctx, estimate, plan, available)
+        return Placement(
+            source, geometry, ctx, estimate, plan, available, parallel or self.config.parallel
+        )
 
     # -- load / unload -----------------------------------------------------------------------
 
@@ -199,7 +231,10 @@ class ModelManager:
             await asyncio.shield(resident.ready)
             return resident
         on_wait = self.metrics.queue_wait.labels(spec.id).observe if self.metrics else None
-        resident = Resident(spec=spec, gate=AdmissionGate(self.config.admission, on_wait))
+        limits = self.config.admission
+        if limits.max_in_flight is None:
+            limits = replace(limits, max_in_flight=self._parallel(spec))
+        resident = Resident(spec=spec, gate=AdmissionGate(limits, on_wait))
         self.models[spec.id] = resident
         try:
             await self._load(resident)
@@ -224,7 +259,7 @@ class ModelManager:
     async def _load(self, resident: Resident) -> None:
         spec = resident.spec
         started = time.monotonic()
-        placement = await self.placement(spec.source_or_id, spec.n_ctx)
+        placement = await self.placement(spec.source_or_id, spec.n_ctx, self._parallel(spec))
         plan = placement.plan
         if spec.n_gpu_layers is not None:
             plan = replace(plan, n_gpu_layers=spec.n_gpu_layers)
@@ -237,7 +272,7 @@ class ModelManager:
             )
         resident.placement = replace(placement, plan=plan)
         self.probe.reserve(spec.id, plan.device_mb)
-        engine = Engine(spec.id, self._factory(spec, placement, plan))
+        engine = self.engine_factory(spec, placement, plan, self._parallel(spec))
         resident.engine = engine
         try:
             await engine.start()
@@ -259,33 +294,24 @@ class ModelManager:
             placement.n_ctx,
         )
 
-    def _factory(self, spec: ModelSpec, placement: Placement, plan: OffloadPlan) -> Any:
-        n_gpu_layers = plan.n_gpu_layers if self.gpu_offload else 0
-        kwargs: dict[str, Any] = {
-            "model_path": str(placement.source.primary),
-            "n_ctx": placement.n_ctx,
-            "n_gpu_layers": n_gpu_layers,
-            "embedding": spec.embedding,
-            "verbose": False,
-        }
-        if self.gpu_offload and plan.tensor_split:
-            kwargs["tensor_split"] = list(plan.tensor_split)
-        if self.config.n_threads:
-            kwargs["n_threads"] = self.config.n_threads
-            kwargs["n_threads_batch"] = self.config.n_threads
+    def _parallel(self, spec: ModelSpec) -> int:
+        return spec.parallel or self.config.parallel
 
-        def build() -> Any:
-            import llama_cpp
+    def _llama_engine(
+        self, spec: ModelSpec, placement: Placement, plan: OffloadPlan, parallel: int
+    ) -> Engine:
+        from neuron.engine.llama import LlamaEngine, LlamaSettings
 
-            llama = llama_cpp.Llama(**kwargs)
-            if spec.embedding and llama.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_NONE:
-                # A generative model declares no pooling and would return one vector per token;
-                # an embeddings API wants one per input, so mean-pool.
-                llama.close()
-                llama = llama_cpp.Llama(**kwargs, pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN)
-            return llama
-
-        return build
+        settings = LlamaSettings(
+            path=str(placement.source.primary),
+            n_ctx=placement.n_ctx,
+            parallel=parallel,
+            n_gpu_layers=plan.n_gpu_layers if self.gpu_offload else 0,
+            tensor_split=plan.tensor_split if self.gpu_offload and plan.tensor_split else None,
+            n_threads=self.config.n_threads,
+            embedding=spec.embedding,
+        )
+        return LlamaEngine(spec.id, settings)
 
     async def unload(self, model_id: str, *, force: bool = False) -> None:
         resident = self.models.get(model_id)
@@ -304,7 +330,7 @@ class ModelManager:
         resident.state = ModelState.UNLOADING
         try:
             if resident.engine is not None:
-                resident.engine.cancel_current()
+                resident.engine.cancel_all()
                 await resident.engine.close()
         finally:
             self.probe.release(model_id)
@@ -374,10 +400,8 @@ def _capabilities(spec: ModelSpec, geometry: ModelGeometry) -> tuple[str, ...]:
     caps = ["completion"]
     if geometry.chat_template:
         caps.append("chat")
-        # Tool calls go through llama-cpp-python's chatml-function-calling handler, which only
-        # speaks ChatML; other templates get plain chat.
-        if "<|im_start|>" in geometry.chat_template:
-            caps.append("tools")
+        # Tool calls are shaped by a grammar, so every chat template can make them.
+        caps.append("tools")
     return tuple(caps)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from neuron.gpu import GpuProbe
@@ -35,6 +35,12 @@ class NeuronMetrics:
         )
         self.completion_tokens = Counter(
             "neuron_completion_tokens", "Tokens generated", ("model",), registry=r
+        )
+        self.cached_tokens = Counter(
+            "neuron_prompt_cached_tokens",
+            "Prompt tokens served from the prefix cache instead of being evaluated",
+            ("model",),
+            registry=r,
         )
         self.queue_wait = Histogram(
             "neuron_queue_wait_seconds",
@@ -78,6 +84,34 @@ class _StateCollector(Collector):
                 "Estimated memory for the load",
                 labels=["model"],
             ),
+            "slots": GaugeMetricFamily(
+                "neuron_model_slots_busy", "Sequences generating now", labels=["model"]
+            ),
+            "slots_total": GaugeMetricFamily(
+                "neuron_model_slots", "Sequences the model decodes together", labels=["model"]
+            ),
+            "steps": CounterMetricFamily(
+                "neuron_model_decode_steps", "Batched decodes run", labels=["model"]
+            ),
+            "batch": CounterMetricFamily(
+                "neuron_model_batch_tokens",
+                "Tokens in all batched decodes (divide by decode steps for the mean batch size)",
+                labels=["model"],
+            ),
+            "prefill": CounterMetricFamily(
+                "neuron_model_prefill_tokens", "Prompt tokens evaluated", labels=["model"]
+            ),
+            "decode": CounterMetricFamily(
+                "neuron_model_decode_tokens", "Sampled tokens fed back", labels=["model"]
+            ),
+            "kv": GaugeMetricFamily(
+                "neuron_model_kv_cells_used", "KV cells held (live and cached)", labels=["model"]
+            ),
+            "cache": GaugeMetricFamily(
+                "neuron_model_prefix_cache_sequences",
+                "Finished sequences kept for prefix reuse",
+                labels=["model"],
+            ),
             "vram": GaugeMetricFamily(
                 "neuron_model_vram_planned_bytes",
                 "VRAM planned (offloaded layers)",
@@ -94,6 +128,17 @@ class _StateCollector(Collector):
                 families["tok_s"].add_metric(model, resident.tok_s_decode)
             if resident.load_duration_s is not None:
                 families["load"].add_metric(model, resident.load_duration_s)
+            engine = resident.engine
+            if engine is not None and resident.state.value == "ready":
+                stats = engine.stats()
+                families["slots"].add_metric(model, stats.slots_busy)
+                families["slots_total"].add_metric(model, stats.slots_total)
+                families["steps"].add_metric(model, stats.decode_steps)
+                families["batch"].add_metric(model, stats.batch_tokens)
+                families["prefill"].add_metric(model, stats.prefill_tokens)
+                families["decode"].add_metric(model, stats.decode_tokens)
+                families["kv"].add_metric(model, stats.kv_cells_used)
+                families["cache"].add_metric(model, stats.cache_sequences)
             if resident.placement is not None:
                 families["estimate"].add_metric(model, resident.placement.estimate.host_mb * MIB)
                 planned = sum(resident.placement.plan.device_mb.values())

@@ -16,7 +16,7 @@ from sanic.response import HTTPResponse, json
 
 from neuron import __version__
 from neuron.api.schema import require_object
-from neuron.config import ModelSpec
+from neuron.config import MAX_PARALLEL, ModelSpec
 from neuron.errors import InvalidRequest, Unauthorized
 from neuron.manager import ModelManager
 
@@ -52,6 +52,13 @@ def _positive_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise InvalidRequest(f"'{name}' must be an integer ≥ {minimum}", param=name)
+    return value
+
+
+def _parallel(body: dict[str, Any]) -> int | None:
+    value = _positive_int(body, "parallel", 1)
+    if value is not None and value > MAX_PARALLEL:
+        raise InvalidRequest(f"'parallel' must be at most {MAX_PARALLEL}", param="parallel")
     return value
 
 
@@ -118,7 +125,9 @@ async def plan(request: Request) -> HTTPResponse:
     model = _string(body, "model", required=True)
     assert model is not None
     source = _string(body, "source") or model
-    placement = await _manager(request).placement(source, _positive_int(body, "n_ctx", 16))
+    placement = await _manager(request).placement(
+        source, _positive_int(body, "n_ctx", 16), _parallel(body)
+    )
     return json({"model": model, **placement.describe()})
 
 
@@ -140,6 +149,7 @@ async def load(request: Request) -> HTTPResponse:
         n_ctx=_positive_int(body, "n_ctx", 16),
         n_gpu_layers=n_gpu_layers,
         embedding=embedding,
+        parallel=_parallel(body),
     )
     resident = await _manager(request).load(spec)
     return json({"model": spec.id, **resident.describe()})

@@ -1,4 +1,4 @@
-"""Validation of OpenAI request bodies into the keyword arguments llama-cpp-python takes.
+"""Validation of OpenAI request bodies into the engine's terms (`Sampling`, stops, limits).
 
 Pure: no sanic, no llama_cpp. Every problem is an `InvalidRequest` naming the offending `param`
 so that a client sees exactly which field to fix. Fields that OpenAI clients commonly send but
@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from neuron.engine.types import Sampling
 from neuron.errors import InvalidRequest
 
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
@@ -18,17 +19,21 @@ _ROLES = {"system", "developer", "user", "assistant", "tool"}
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """A validated chat or completion request."""
+    """A validated chat or completion request, in the engine's terms."""
 
     model: str
     stream: bool
     include_usage: bool
-    sampling: dict[str, Any]
+    sampling: Sampling
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # None: off; k: the chosen token's plus the top k
     messages: list[dict[str, Any]] = field(default_factory=list)
     prompt: str = ""
+    echo: bool = False
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
-    logprobs: bool = False
+    response_schema: dict[str, Any] | None = None  # response_format's JSON schema
 
 
 @dataclass(frozen=True)
@@ -77,32 +82,53 @@ def model_name(body: dict[str, Any]) -> str:
     return model
 
 
-def _sampling(body: dict[str, Any]) -> dict[str, Any]:
+def _max_tokens(body: dict[str, Any]) -> int | None:
     if (n := _integer(body, "n", 1)) is not None and n != 1:
         raise InvalidRequest("only n=1 is supported", param="n")
     max_tokens = _integer(body, "max_completion_tokens", 1)
-    if max_tokens is None:
-        max_tokens = _integer(body, "max_tokens", 1)
+    return max_tokens if max_tokens is not None else _integer(body, "max_tokens", 1)
+
+
+def _stop(body: dict[str, Any]) -> tuple[str, ...]:
     stop = body.get("stop")
+    if stop is None:
+        return ()
     if isinstance(stop, str):
         stop = [stop]
-    elif stop is not None and (
-        not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop)
-    ):
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
         raise InvalidRequest("'stop' must be a string or a list of strings", param="stop")
+    return tuple(stop)
+
+
+def _logit_bias(body: dict[str, Any]) -> dict[int, float]:
+    bias = _get(body, "logit_bias", (dict,), "an object of token ids to numbers") or {}
+    out = {}
+    for key, value in bias.items():
+        if not (isinstance(key, str) and key.isdigit()) or isinstance(value, bool):
+            raise InvalidRequest("logit_bias keys must be token ids", param="logit_bias")
+        if not isinstance(value, int | float) or not -100 <= value <= 100:
+            raise InvalidRequest(
+                "logit_bias values must be between -100 and 100", param="logit_bias"
+            )
+        out[int(key)] = float(value)
+    return out
+
+
+def _sampling(body: dict[str, Any]) -> Sampling:
+    """Sampler settings; absent fields take OpenAI's defaults (temperature 1, top_p 1)."""
+    seed = _get(body, "seed", (int,), "an integer")
     options = {
-        "max_tokens": max_tokens,
         "temperature": _number(body, "temperature", 0, 2),
         "top_p": _number(body, "top_p", 0, 1),
-        "top_k": _integer(body, "top_k", 0),
+        "top_k": _integer(body, "top_k", 0, 1_000_000),
         "min_p": _number(body, "min_p", 0, 1),
-        "seed": _get(body, "seed", (int,), "an integer"),
-        "stop": stop,
+        "seed": seed,
         "presence_penalty": _number(body, "presence_penalty", -2, 2),
         "frequency_penalty": _number(body, "frequency_penalty", -2, 2),
-        "repeat_penalty": _number(body, "repeat_penalty", 0, 10),
+        "repeat_penalty": _number(body, "repeat_penalty", 0.01, 10),
+        "logit_bias": _logit_bias(body) or None,
     }
-    return {key: value for key, value in options.items() if value is not None}
+    return Sampling(**{key: value for key, value in options.items() if value is not None})
 
 
 def _stream_flags(body: dict[str, Any]) -> tuple[bool, bool]:
@@ -189,64 +215,54 @@ def _tools(body: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, Any]:
             )
     choice = body.get("tool_choice", "auto")
     names = [tool["function"]["name"] for tool in tools]
-    if choice == "required":
-        # llama-cpp-python's ChatML tool handler forces a call only by naming the function.
-        if len(names) != 1:
-            raise InvalidRequest(
-                "tool_choice 'required' is supported with exactly one tool; name the function",
-                param="tool_choice",
-            )
-        choice = {"type": "function", "function": {"name": names[0]}}
-    elif isinstance(choice, dict):
+    if isinstance(choice, dict):
         name = (choice.get("function") or {}).get("name")
         if choice.get("type") != "function" or name not in names:
             raise InvalidRequest(
                 "tool_choice must name one of the given tools", param="tool_choice"
             )
-    elif choice not in ("auto", "none"):
+    elif choice not in ("auto", "none", "required"):
         raise InvalidRequest(
             "tool_choice must be 'auto', 'none', 'required' or a function", param="tool_choice"
         )
     return tools, choice
 
 
+def _response_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    response_format = _get(body, "response_format", (dict,), "an object")
+    if not response_format or response_format.get("type") in (None, "text"):
+        return None
+    if response_format.get("type") == "json_object":
+        return {"type": "object"}
+    if response_format.get("type") != "json_schema":
+        raise InvalidRequest("unsupported response_format type", param="response_format")
+    schema = (response_format.get("json_schema") or {}).get("schema")
+    if not isinstance(schema, dict):
+        raise InvalidRequest("json_schema.schema must be an object", param="response_format")
+    return schema
+
+
 def chat_request(body: Any) -> GenerationRequest:
     body = require_object(body)
     model = model_name(body)
     stream, include_usage = _stream_flags(body)
-    messages = _messages(body)
+    logprobs = None
+    if _get(body, "logprobs", (bool,), "a boolean"):
+        logprobs = _integer(body, "top_logprobs", 0, 20) or 0
     tools, tool_choice = _tools(body)
-    sampling = _sampling(body)
-    logprobs = bool(_get(body, "logprobs", (bool,), "a boolean"))
-    if logprobs:
-        sampling["logprobs"] = True
-        top = _integer(body, "top_logprobs", 0, 20)
-        if top is not None:
-            sampling["top_logprobs"] = top
-    response_format = _get(body, "response_format", (dict,), "an object")
-    if response_format and response_format.get("type") not in (None, "text"):
-        if response_format.get("type") not in ("json_object", "json_schema"):
-            raise InvalidRequest("unsupported response_format type", param="response_format")
-        sampling["response_format"] = _llama_response_format(response_format)
     return GenerationRequest(
         model=model,
         stream=stream,
         include_usage=include_usage,
-        sampling=sampling,
-        messages=messages,
+        sampling=_sampling(body),
+        max_tokens=_max_tokens(body),
+        stop=_stop(body),
+        logprobs=logprobs,
+        messages=_messages(body),
         tools=tools,
         tool_choice=tool_choice,
-        logprobs=logprobs,
+        response_schema=_response_schema(body),
     )
-
-
-def _llama_response_format(response_format: dict[str, Any]) -> dict[str, Any]:
-    if response_format["type"] == "json_object":
-        return {"type": "json_object"}
-    schema = (response_format.get("json_schema") or {}).get("schema")
-    if not isinstance(schema, dict):
-        raise InvalidRequest("json_schema.schema must be an object", param="response_format")
-    return {"type": "json_object", "schema": schema}
 
 
 def completion_request(body: Any) -> GenerationRequest:
@@ -262,22 +278,19 @@ def completion_request(body: Any) -> GenerationRequest:
         )
     if body.get("best_of") not in (None, 1):
         raise InvalidRequest("best_of is not supported", param="best_of")
-    sampling = _sampling(body)
-    logprobs = _integer(body, "logprobs", 0, 5)
-    if logprobs is not None:
-        sampling["logprobs"] = logprobs
-    if _get(body, "echo", (bool,), "a boolean"):
-        sampling["echo"] = True
-    suffix = _get(body, "suffix", (str,), "a string")
-    if suffix:
-        sampling["suffix"] = suffix
+    if body.get("suffix"):
+        raise InvalidRequest("'suffix' (fill-in-the-middle) is not supported", param="suffix")
     return GenerationRequest(
         model=model,
         stream=stream,
         include_usage=include_usage,
-        sampling=sampling,
+        sampling=_sampling(body),
+        max_tokens=_max_tokens(body),
+        stop=_stop(body),
+        logprobs=_integer(body, "logprobs", 0, 5),
         prompt=prompt,
-        logprobs=logprobs is not None,
+        echo=bool(_get(body, "echo", (bool,), "a boolean")),
+        response_schema=_response_schema(body),
     )
 
 

@@ -1,5 +1,36 @@
-"""The neuron's inference engine: the only code that imports llama_cpp."""
+"""The neuron's inference engine: the only package that imports llama_cpp.
 
-from neuron.engine.llama_thread import Cancelled, Engine, Usage, limit_malloc_arenas
+`Engine` is the protocol the rest of the neuron uses; `types` holds what requests and results
+look like. `neuron.engine.llama` (continuous batching on llama.cpp's low-level API) and
+`neuron.engine.fake` (tests) implement it. Importing this package does not import llama_cpp.
+"""
 
-__all__ = ["Cancelled", "Engine", "Usage", "limit_malloc_arenas"]
+from neuron.engine.memory import limit_malloc_arenas
+from neuron.engine.protocol import Engine
+from neuron.engine.types import (
+    EngineInfo,
+    EngineStats,
+    Finished,
+    FinishReason,
+    GenerateRequest,
+    Grammar,
+    Piece,
+    Sampling,
+    TokenLogprob,
+    Usage,
+)
+
+__all__ = [
+    "Engine",
+    "EngineInfo",
+    "EngineStats",
+    "FinishReason",
+    "Finished",
+    "GenerateRequest",
+    "Grammar",
+    "Piece",
+    "Sampling",
+    "TokenLogprob",
+    "Usage",
+    "limit_malloc_arenas",
+]

@@ -184,9 +184,28 @@ def test_completion_stream_with_usage(client: openai.OpenAI) -> None:
     assert "".join(c.choices[0].text for c in chunks if c.choices)
 
 
-def test_logprobs_refused_without_engine_support(client: openai.OpenAI) -> None:
-    with pytest.raises(openai.BadRequestError):
-        client.completions.create(model="gemma", prompt="Hi", max_tokens=2, logprobs=2)
+def test_logprobs_of_greedy_tokens_are_the_top_alternative(client: openai.OpenAI) -> None:
+    completion = client.completions.create(
+        model="gemma", prompt="One, two, three,", max_tokens=4, temperature=0, logprobs=2
+    )
+    logprobs = completion.choices[0].logprobs
+    assert len(logprobs.tokens) == completion.usage.completion_tokens == 4
+    assert "".join(logprobs.tokens) == completion.choices[0].text
+    for chosen, top in zip(logprobs.token_logprobs, logprobs.top_logprobs, strict=True):
+        assert len(top) == 2 and chosen <= 0
+        assert chosen == pytest.approx(max(top.values()))  # greedy picks the most likely
+    chat = client.chat.completions.create(
+        model="smol",
+        messages=[{"role": "user", "content": "Say hi"}],
+        max_tokens=3,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    assert all(len(entry.top_logprobs) == 3 for entry in content)
+    assert content[0].logprob == pytest.approx(content[0].top_logprobs[0].logprob)
 
 
 def test_embeddings(client: openai.OpenAI) -> None:

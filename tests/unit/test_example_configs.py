@@ -120,8 +120,10 @@ def test_disabled_settings_load_when_switched_on(tmp_path: Path) -> None:
             n_ctx=16384,
             n_gpu_layers=-1,
             embedding=False,
+            parallel=4,
         ),
     )
+    assert neuron.parallel == 4 and neuron.admission.max_in_flight == 4
 
 
 def accepted_keys(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, set[str]]:

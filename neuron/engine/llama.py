@@ -1,0 +1,687 @@
+"""`LlamaEngine`: one loaded model, many requests at once, on llama.cpp's low-level API.
+
+One llama.cpp context per model holds a unified KV pool of `n_ctx × parallel` cells shared by
+`2 × parallel` sequences: `parallel` of them generate at once, and the rest keep the KV of
+finished requests as a prefix cache. One scheduler thread owns the model, the context, the batch
+and every sampler; nothing else calls into llama.cpp. Each step it:
+
+1. takes new commands (generations, one-shot jobs such as tokenize/embed, stop),
+2. finishes cancelled generations (their evaluated prefix stays cached),
+3. admits waiting generations into free sequences, reusing the longest cached prefix
+   (`prefix.choose_sequence`) and trimming or copying KV accordingly,
+4. builds one batch — one token per generating sequence plus chunked prefill
+   (`batching.plan_batch`) — making room by dropping cached sequences LRU first,
+5. decodes once and samples every sequence that wanted logits with its own sampler chain.
+
+Tokens reach the event loop through `loop.call_soon_threadsafe`; a consumer that stops reading
+sets its generation's cancel flag, which the thread honours at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import ctypes
+import gc
+import logging
+import multiprocessing
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+import numpy as np
+
+from neuron.engine.batching import SequenceNeed, plan_batch
+from neuron.engine.memory import return_freed_memory
+from neuron.engine.prefix import CachedSequence, Reuse, cells_to_free, choose_sequence
+from neuron.engine.sampler import SamplerChain, token_logprob
+from neuron.engine.text import TextAssembler
+from neuron.engine.types import (
+    EngineInfo,
+    EngineStats,
+    Finished,
+    FinishReason,
+    GenerateRequest,
+    Piece,
+    Usage,
+)
+from neuron.errors import (
+    ContextLengthExceeded,
+    EngineFailure,
+    InvalidRequest,
+    ModelUnavailable,
+    NeuronError,
+)
+
+log = logging.getLogger("neuron.engine")
+# llama-cpp-python routes llama.cpp's own log lines to this logger; only errors are of use.
+logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+
+_backend_lock = threading.Lock()
+_backend_ready = False
+_STOP = object()
+_MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
+
+
+def _init_backend() -> None:
+    global _backend_ready
+    with _backend_lock:
+        if not _backend_ready:
+            llama_cpp.llama_backend_init()
+            _backend_ready = True
+
+
+@dataclass(frozen=True)
+class LlamaSettings:
+    """How to open one model: file, per-request context, slots, offload and threads."""
+
+    path: str
+    n_ctx: int
+    parallel: int = 4
+    n_gpu_layers: int = 0
+    tensor_split: tuple[float, ...] | None = None
+    n_threads: int | None = None
+    embedding: bool = False
+    n_batch: int = 512
+
+    @property
+    def kv_cells(self) -> int:
+        return self.n_ctx * self.parallel
+
+    @property
+    def n_seq_max(self) -> int:
+        if self.embedding:
+            return min(self.parallel, _MAX_SEQUENCES)
+        return min(2 * self.parallel, _MAX_SEQUENCES)
+
+
+@dataclass
+class _Sequence:
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)
+    last_used: float = 0.0
+    busy: bool = False
+
+
+@dataclass
+class _Generation:
+    request: GenerateRequest
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue[Any]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    submitted_at: float = field(default_factory=time.perf_counter)
+    tokens: list[int] | None = None
+    max_tokens: int = 0
+    seq: _Sequence | None = None
+    fed: int = 0
+    cached: int = 0
+    admitted: int = 0
+    admitted_at: float = 0.0
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    completion_tokens: int = 0
+    last_token: int = -1
+    sampler: SamplerChain | None = None
+    assembler: TextAssembler | None = None
+
+    def emit(self, item: Any) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+
+@dataclass
+class _Job:
+    work: Callable[[], Any]
+    future: concurrent.futures.Future[Any]
+
+
+class LlamaEngine:
+    """Serves one GGUF with continuous batching; every method is safe to call from the loop.
+
+    Owns one scheduler thread, created by `start` and ended by `close`. `generate` may be called
+    any number of times concurrently: at most `parallel` generations decode at once, the others
+    wait in arrival order (admission limits are the manager's job, not this class's).
+    """
+
+    def __init__(self, model_id: str, settings: LlamaSettings) -> None:
+        self.model_id = model_id
+        self.settings = settings
+        self.info: EngineInfo | None = None
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._waiting: deque[_Generation] = deque()
+        self._active: list[_Generation] = []
+        self._seqs: list[_Sequence] = []
+        self._admissions = 0
+        self._closed = False
+        self._stats = EngineStats()
+        self._counters = {"steps": 0, "batch": 0, "prefill": 0, "decode": 0, "cached": 0}
+        self._last_batch = 0
+        self._model: Any = None
+        self._ctx: Any = None
+        self._batch: Any = None
+        self._vocab: Any = None
+        self._piece_buffer = ctypes.create_string_buffer(256)
+
+    # -- loop side ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the model and context on the scheduler thread; raises what opening raised."""
+        ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name=f"engine:{self.model_id}", daemon=True
+        )
+        self._thread.start()
+        try:
+            await asyncio.wrap_future(ready)
+        except BaseException:
+            self._closed = True
+            await asyncio.to_thread(self._thread.join, 30)
+            raise
+
+    async def close(self) -> None:
+        """Cancel everything in flight, free llama.cpp's memory and end the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._inbox.put(_STOP)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 60)
+
+    def cancel_all(self) -> None:
+        """Cancel every generation (forced unload); each ends at the next step."""
+        for generation in [*self._active, *self._waiting]:
+            generation.cancel.set()
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Piece | Finished]:
+        """Yield `Piece`s as text is produced, then one `Finished`.
+
+        Errors found before the first token (a prompt too long, a grammar llama.cpp refuses)
+        are raised from the first iteration. Closing the iterator early cancels the generation.
+        """
+        if self._closed:
+            raise ModelUnavailable(f"model {self.model_id!r} is unloading", retry_after=5)
+        generation = _Generation(request, asyncio.get_running_loop(), asyncio.Queue())
+        self._inbox.put(generation)
+        try:
+            while True:
+                item = await generation.out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Finished):
+                    return
+        finally:
+            generation.cancel.set()
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]:
+        return await self._call(lambda: self._tokenize(text, add_special))
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        return await self._call(
+            lambda: b"".join(self._piece(t) for t in tokens).decode("utf-8", errors="replace")
+        )
+
+    async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        """One pooled vector per text, and the number of tokens read."""
+        if not self.settings.embedding:
+            raise InvalidRequest("this model was not loaded for embeddings", param="model")
+        return await self._call(lambda: self._embed(texts))
+
+    def stats(self) -> EngineStats:
+        counters = self._counters
+        return EngineStats(
+            slots_busy=len(self._active),
+            slots_total=self.settings.parallel,
+            waiting=len(self._waiting),
+            decode_steps=counters["steps"],
+            batch_tokens=counters["batch"],
+            prefill_tokens=counters["prefill"],
+            decode_tokens=counters["decode"],
+            cached_tokens=counters["cached"],
+            cache_sequences=sum(1 for s in self._seqs if s.tokens and not s.busy),
+            kv_cells_used=sum(len(s.tokens) for s in self._seqs),
+            kv_cells_total=self.settings.kv_cells,
+            last_batch_tokens=self._last_batch,
+        )
+
+    async def _call(self, work: Callable[[], Any]) -> Any:
+        if self._closed:
+            raise ModelUnavailable(f"model {self.model_id!r} is unloading", retry_after=5)
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._inbox.put(_Job(work, future))
+        return await asyncio.wrap_future(future)
+
+    # -- scheduler thread: open and close ------------------------------------------------------
+
+    def _run(self, ready: concurrent.futures.Future[None]) -> None:
+        try:
+            self._open()
+        except BaseException as exc:
+            self._free_native()
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        try:
+            while self._serve_once():
+                pass
+        except BaseException:
+            log.exception("engine %s failed", self.model_id)
+            self._fail_all(EngineFailure("the engine failed; see the neuron's log"))
+        finally:
+            self._free_native()
+
+    def _open(self) -> None:
+        _init_backend()
+        s = self.settings
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = s.n_gpu_layers
+        split = None
+        if s.tensor_split:
+            split = (ctypes.c_float * llama_cpp.llama_max_devices())(*s.tensor_split)
+            model_params.tensor_split = split
+        self._model = llama_cpp.llama_model_load_from_file(s.path.encode(), model_params)
+        if not self._model:
+            raise RuntimeError(f"llama.cpp could not load {s.path}")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+        self._ctx = self._new_context(llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED)
+        if (
+            s.embedding
+            and llama_cpp.llama_pooling_type(self._ctx) == llama_cpp.LLAMA_POOLING_TYPE_NONE
+        ):
+            # A generative model declares no pooling and would give one vector per token; an
+            # embeddings API wants one per input, so mean-pool.
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = self._new_context(llama_cpp.LLAMA_POOLING_TYPE_MEAN)
+        n_tokens = s.n_ctx if s.embedding else s.n_batch
+        self._batch = llama_cpp.llama_batch_init(n_tokens, 0, 1)
+        self._seqs = [_Sequence(seq_id) for seq_id in range(s.n_seq_max)]
+        template = llama_cpp.llama_model_chat_template(self._model, None)
+        self.info = EngineInfo(
+            n_ctx=s.n_ctx,
+            n_ctx_train=llama_cpp.llama_model_n_ctx_train(self._model),
+            parallel=s.parallel,
+            n_vocab=llama_cpp.llama_vocab_n_tokens(self._vocab),
+            n_embd=llama_cpp.llama_model_n_embd(self._model),
+            embedding=s.embedding,
+            chat_template=template.decode("utf-8", errors="replace") if template else None,
+            bos_token=self._special_text(llama_cpp.llama_vocab_bos(self._vocab)),
+            eos_token=self._special_text(llama_cpp.llama_vocab_eos(self._vocab)),
+        )
+
+    def _new_context(self, pooling: int) -> Any:
+        s = self.settings
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = s.kv_cells
+        params.n_seq_max = s.n_seq_max
+        params.kv_unified = True
+        params.swa_full = (
+            True  # keep every position of sliding-window layers: prefixes stay reusable
+        )
+        params.no_perf = True
+        cores = multiprocessing.cpu_count()
+        params.n_threads = s.n_threads or max(cores // 2, 1)
+        params.n_threads_batch = s.n_threads or cores
+        if s.embedding:
+            # Pooling needs a whole input in one micro-batch.
+            params.n_batch = params.n_ubatch = s.n_ctx
+            params.embeddings = True
+            params.pooling_type = pooling
+        else:
+            params.n_batch = params.n_ubatch = s.n_batch
+        ctx = llama_cpp.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise RuntimeError("llama.cpp could not create a context (out of memory?)")
+        return ctx
+
+    def _free_native(self) -> None:
+        for generation in self._active:
+            if generation.sampler is not None:
+                generation.sampler.close()
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        if self._ctx:
+            llama_cpp.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+        gc.collect()
+        return_freed_memory()
+
+    def _fail_all(self, error: NeuronError) -> None:
+        for generation in [*self._active, *self._waiting]:
+            generation.emit(error)
+        self._active.clear()
+        self._waiting.clear()
+        while True:
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(command, _Generation):
+                command.emit(error)
+            elif isinstance(command, _Job):
+                command.future.set_exception(error)
+
+    # -- scheduler thread: the step ------------------------------------------------------------
+
+    def _serve_once(self) -> bool:
+        idle = not self._active and not self._waiting
+        try:
+            command = self._inbox.get(block=idle)
+        except queue.Empty:
+            command = None
+        while command is not None:
+            if command is _STOP:
+                self._fail_all(ModelUnavailable(f"model {self.model_id!r} unloaded", retry_after=5))
+                return False
+            self._accept(command)
+            try:
+                command = self._inbox.get_nowait()
+            except queue.Empty:
+                command = None
+        for generation in [g for g in self._active if g.cancel.is_set()]:
+            self._finish(generation, FinishReason.CANCELLED)
+        self._admit()
+        if self._active:
+            self._step()
+        return True
+
+    def _accept(self, command: Any) -> None:
+        if isinstance(command, _Generation):
+            self._waiting.append(command)
+            return
+        try:
+            command.future.set_result(command.work())
+        except BaseException as exc:
+            command.future.set_exception(exc)
+
+    def _admit(self) -> None:
+        while self._waiting and len(self._active) < self.settings.parallel:
+            generation = self._waiting[0]
+            if generation.cancel.is_set():
+                self._waiting.popleft()
+                continue
+            if generation.tokens is None:
+                try:
+                    self._prepare(generation)
+                except NeuronError as exc:
+                    self._waiting.popleft()
+                    generation.emit(exc)
+                    continue
+            views = [CachedSequence(s.seq_id, s.tokens, s.last_used, s.busy) for s in self._seqs]
+            assert generation.tokens is not None
+            reuse = choose_sequence(generation.tokens, views, reuse=generation.request.reuse_prefix)
+            if reuse is None:
+                return
+            self._waiting.popleft()
+            try:
+                generation.sampler = SamplerChain(
+                    generation.request.sampling,
+                    self._vocab,
+                    self.info.n_vocab,  # type: ignore[union-attr]
+                )
+            except NeuronError as exc:
+                generation.emit(exc)
+                continue
+            self._take(generation, reuse)
+            self._active.append(generation)
+
+    def _prepare(self, generation: _Generation) -> None:
+        request = generation.request
+        if isinstance(request.prompt, str):
+            tokens = self._tokenize(request.prompt, request.add_special)
+        else:
+            tokens = list(request.prompt)
+        n_ctx = self.settings.n_ctx
+        if not tokens:
+            raise InvalidRequest("the prompt is empty", param=request.param)
+        if len(tokens) >= n_ctx:
+            raise ContextLengthExceeded(
+                f"the prompt is {len(tokens)} tokens; this model's context is {n_ctx}",
+                param=request.param,
+            )
+        room = n_ctx - len(tokens)
+        generation.max_tokens = min(request.max_tokens or room, room)
+        generation.tokens = tokens
+        generation.assembler = TextAssembler(request.stop)
+
+    def _take(self, generation: _Generation, reuse: Reuse) -> None:
+        memory = llama_cpp.llama_get_memory(self._ctx)
+        seq = self._seqs[reuse.seq_id]
+        keep = reuse.keep
+        if reuse.copy_from is not None:
+            llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, -1, -1)
+            source = self._seqs[reuse.copy_from]
+            llama_cpp.llama_memory_seq_cp(memory, source.seq_id, seq.seq_id, 0, keep)
+            seq.tokens = source.tokens[:keep]
+        elif not llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, keep, -1):
+            # Recurrent and hybrid memories cannot drop a tail: start the sequence afresh.
+            llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, -1, -1)
+            keep = 0
+            seq.tokens = []
+        else:
+            del seq.tokens[keep:]
+        seq.busy = True
+        self._admissions += 1
+        generation.seq = seq
+        generation.fed = generation.cached = keep
+        generation.admitted = self._admissions
+        generation.admitted_at = time.perf_counter()
+        self._counters["cached"] += keep
+
+    def _step(self) -> None:
+        by_seq = {g.seq.seq_id: g for g in self._active}  # type: ignore[union-attr]
+        needs = [
+            SequenceNeed(seq_id, len(g.tokens) - g.fed, g.admitted)  # type: ignore[arg-type]
+            for seq_id, g in by_seq.items()
+        ]
+        slices = plan_batch(needs, self.settings.n_batch)
+        total = sum(piece.count for piece in slices)
+        self._make_room(total, frozenset(by_seq))
+        batch = self._batch
+        row = 0
+        fed: list[tuple[_Generation, list[int], bool]] = []
+        sample_rows: list[tuple[_Generation, int]] = []
+        for piece in slices:
+            generation = by_seq[piece.seq_id]
+            assert generation.seq is not None and generation.tokens is not None
+            if piece.prefill:
+                tokens = generation.tokens[generation.fed : generation.fed + piece.count]
+            else:
+                tokens = [generation.last_token]
+            base = len(generation.seq.tokens)
+            for offset, token in enumerate(tokens):
+                batch.token[row] = token
+                batch.pos[row] = base + offset
+                batch.n_seq_id[row] = 1
+                batch.seq_id[row][0] = piece.seq_id
+                batch.logits[row] = 0
+                row += 1
+            if piece.logits:
+                batch.logits[row - 1] = 1
+                sample_rows.append((generation, row - 1))
+            fed.append((generation, tokens, piece.prefill))
+        batch.n_tokens = row
+        result = llama_cpp.llama_decode(self._ctx, batch)
+        if result == 1:  # no room in the KV pool: drop every cached prefix and try once more
+            self._make_room(self.settings.kv_cells, frozenset(by_seq))
+            result = llama_cpp.llama_decode(self._ctx, batch)
+        if result != 0:
+            self._decode_failed(result)
+            return
+        counters = self._counters
+        counters["steps"] += 1
+        counters["batch"] += row
+        self._last_batch = row
+        for generation, tokens, prefill in fed:
+            generation.seq.tokens.extend(tokens)  # type: ignore[union-attr]
+            if prefill:
+                generation.fed += len(tokens)
+                counters["prefill"] += len(tokens)
+            else:
+                counters["decode"] += 1
+        for generation, index in sample_rows:
+            self._sample(generation, index)
+
+    def _make_room(self, need: int, exclude: frozenset[int]) -> None:
+        views = [CachedSequence(s.seq_id, s.tokens, s.last_used, s.busy) for s in self._seqs]
+        free = self.settings.kv_cells - sum(len(s.tokens) for s in self._seqs)
+        memory = llama_cpp.llama_get_memory(self._ctx)
+        for seq_id in cells_to_free(views, need=need, free=free, exclude=exclude):
+            llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
+            self._seqs[seq_id].tokens = []
+
+    def _decode_failed(self, result: int) -> None:
+        if result == 1 and len(self._active) > 1:
+            # Still no room: the youngest request gives way so that the others can go on.
+            victim = max(self._active, key=lambda g: g.admitted)
+            self._release(victim, clear=True)
+            victim.emit(ModelUnavailable("the model's context is full; retry", retry_after=2))
+            return
+        error = EngineFailure(f"llama_decode failed ({result})")
+        for generation in list(self._active):
+            self._release(generation, clear=True)
+            generation.emit(error)
+
+    def _sample(self, generation: _Generation, row: int) -> None:
+        assert generation.sampler is not None and generation.assembler is not None
+        token = generation.sampler.sample(self._ctx, row)
+        now = time.perf_counter()
+        if generation.first_token_at is None:
+            generation.first_token_at = now
+        if llama_cpp.llama_vocab_is_eog(self._vocab, token):
+            self._finish(generation, FinishReason.STOP)
+            return
+        generation.completion_tokens += 1
+        generation.last_token_at = now
+        logprobs = ()
+        if generation.request.logprobs is not None:
+            logits = np.ctypeslib.as_array(
+                llama_cpp.llama_get_logits_ith(self._ctx, row),
+                shape=(self.info.n_vocab,),  # type: ignore[union-attr]
+            )
+            logprobs = (token_logprob(logits, token, generation.request.logprobs, self._piece),)
+        text = generation.assembler.feed(self._piece(token))
+        if text or logprobs:
+            generation.emit(Piece(text, logprobs))
+        if generation.assembler.stopped is not None:
+            self._finish(generation, FinishReason.STOP)
+        elif generation.completion_tokens >= generation.max_tokens:
+            self._finish(generation, FinishReason.LENGTH)
+        else:
+            generation.last_token = token
+
+    def _finish(self, generation: _Generation, reason: FinishReason) -> None:
+        assembler = generation.assembler
+        assert assembler is not None and generation.tokens is not None
+        tail = assembler.flush()
+        if tail:
+            generation.emit(Piece(tail))
+        first = generation.first_token_at or time.perf_counter()
+        usage = Usage(
+            prompt_tokens=len(generation.tokens),
+            completion_tokens=generation.completion_tokens,
+            cached_tokens=generation.cached,
+            queued_s=generation.admitted_at - generation.submitted_at,
+            prefill_s=first - generation.admitted_at,
+            decode_s=(generation.last_token_at or first) - first,
+        )
+        self._release(generation, clear=False)
+        generation.emit(Finished(reason, usage, assembler.stopped, assembler.text))
+
+    def _release(self, generation: _Generation, *, clear: bool) -> None:
+        if generation.sampler is not None:
+            generation.sampler.close()
+            generation.sampler = None
+        seq = generation.seq
+        if seq is not None:
+            if clear:
+                llama_cpp.llama_memory_seq_rm(
+                    llama_cpp.llama_get_memory(self._ctx), seq.seq_id, -1, -1
+                )
+                seq.tokens = []
+            seq.busy = False
+            seq.last_used = time.monotonic()
+        with contextlib.suppress(ValueError):
+            self._active.remove(generation)
+
+    # -- scheduler thread: tokens, text, embeddings ----------------------------------------------
+
+    def _tokenize(self, text: str, add_special: bool) -> list[int]:
+        data = text.encode("utf-8", errors="replace")
+        capacity = len(data) + 8
+        buffer = (llama_cpp.llama_token * capacity)()
+        count = llama_cpp.llama_tokenize(
+            self._vocab, data, len(data), buffer, capacity, add_special, True
+        )
+        if count < 0:  # more tokens than bytes (never for real vocabularies), retry with room
+            capacity = -count
+            buffer = (llama_cpp.llama_token * capacity)()
+            count = llama_cpp.llama_tokenize(
+                self._vocab, data, len(data), buffer, capacity, add_special, True
+            )
+        return list(buffer[:count])
+
+    def _piece(self, token: int, special: bool = False) -> bytes:
+        size = llama_cpp.llama_token_to_piece(
+            self._vocab, token, self._piece_buffer, 256, 0, special
+        )
+        if size < 0:
+            bigger = ctypes.create_string_buffer(-size)
+            size = llama_cpp.llama_token_to_piece(self._vocab, token, bigger, -size, 0, special)
+            return bigger.raw[:size]
+        return self._piece_buffer.raw[:size]
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return self._piece(token, special=True).decode("utf-8", errors="replace")
+
+    def _embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
+        n_ctx = self.settings.n_ctx
+        inputs = [self._tokenize(text, True) for text in texts]
+        for index, tokens in enumerate(inputs):
+            if len(tokens) > n_ctx:
+                raise ContextLengthExceeded(
+                    f"input[{index}] is {len(tokens)} tokens; this model's context is {n_ctx}",
+                    param="input",
+                )
+        n_embd = self.info.n_embd  # type: ignore[union-attr]
+        memory = llama_cpp.llama_get_memory(self._ctx)
+        vectors: list[list[float]] = []
+        start = 0
+        while start < len(inputs):
+            batch, row, seqs = self._batch, 0, 0
+            while (
+                start + seqs < len(inputs)
+                and seqs < self.settings.n_seq_max
+                and row + len(inputs[start + seqs]) <= n_ctx
+            ):
+                for position, token in enumerate(inputs[start + seqs]):
+                    batch.token[row] = token
+                    batch.pos[row] = position
+                    batch.n_seq_id[row] = 1
+                    batch.seq_id[row][0] = seqs
+                    batch.logits[row] = 1
+                    row += 1
+                seqs += 1
+            batch.n_tokens = row
+            result = llama_cpp.llama_decode(self._ctx, batch)
+            if result != 0:
+                llama_cpp.llama_memory_clear(memory, True)
+                raise EngineFailure(f"llama_decode failed ({result}) while embedding")
+            for seq_id in range(seqs):
+                pointer = llama_cpp.llama_get_embeddings_seq(self._ctx, seq_id)
+                vectors.append(list(np.ctypeslib.as_array(pointer, shape=(n_embd,)).astype(float)))
+            llama_cpp.llama_memory_clear(memory, True)
+            start += seqs
+        return vectors, sum(len(tokens) for tokens in inputs)

@@ -1,0 +1,108 @@
+"""Prefix cache policy: which KV sequence a new request takes, and what cached KV gives way.
+
+Pure: plain token lists in, a decision out; `LlamaEngine` carries it out with llama.cpp's
+memory calls (`seq_rm` to trim, `seq_cp` to share a prefix). The KV pool is unified, so a copied
+prefix shares cells with its source instead of duplicating them.
+
+Rules, in order:
+* A request never takes a sequence that is generating.
+* It reuses the longest common prefix found in any sequence, busy or idle, keeping at least one
+  prompt token to evaluate (the logits of the last prompt token are needed to sample).
+* It takes that sequence over in place when it is idle and what would be trimmed away is short
+  (a conversation continuing). Otherwise the shared prefix is copied into another idle sequence,
+  so that the conversation cached there survives (two conversations sharing a system prompt).
+* Target sequences are chosen empty first, then least recently used.
+* When live requests need cells, idle sequences give way least recently used first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# A cached tail shorter than this is not worth keeping a sequence for: taking the sequence in
+# place loses at most this many cached tokens.
+KEEP_TAIL_TOKENS = 32
+_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class CachedSequence:
+    """What the policy sees of one KV sequence."""
+
+    seq_id: int
+    tokens: Sequence[int]  # tokens whose KV the sequence holds, in position order
+    last_used: float
+    busy: bool
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """Take `seq_id`; keep its first `keep` tokens (after copying them from `copy_from`, when
+    set, into the emptied sequence) and evaluate the rest of the prompt."""
+
+    seq_id: int
+    keep: int
+    copy_from: int | None = None
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token lists."""
+    limit = min(len(a), len(b))
+    start = 0
+    # Compare whole chunks first (list equality runs in C), then walk the first unequal one.
+    while start + _CHUNK <= limit and a[start : start + _CHUNK] == b[start : start + _CHUNK]:
+        start += _CHUNK
+    while start < limit and a[start] == b[start]:
+        start += 1
+    return start
+
+
+def _victim(candidates: Sequence[CachedSequence]) -> CachedSequence:
+    """Empty sequences first, then the least recently used."""
+    return min(candidates, key=lambda seq: (len(seq.tokens) > 0, seq.last_used))
+
+
+def choose_sequence(
+    prompt: Sequence[int], sequences: Sequence[CachedSequence], *, reuse: bool = True
+) -> Reuse | None:
+    """The sequence a request with `prompt` should take, or None when all are busy."""
+    idle = [seq for seq in sequences if not seq.busy]
+    if not idle:
+        return None
+    if not reuse or len(prompt) < 2:
+        return Reuse(_victim(idle).seq_id, 0)
+    limit = len(prompt) - 1
+    scored = [(min(common_prefix(prompt, seq.tokens), limit), seq) for seq in sequences]
+    # Longest prefix wins; on a tie an idle sequence (no copy needed), then the freshest.
+    best_len, best = max(scored, key=lambda item: (item[0], not item[1].busy, item[1].last_used))
+    if best_len == 0:
+        return Reuse(_victim(idle).seq_id, 0)
+    if not best.busy and len(best.tokens) - best_len < KEEP_TAIL_TOKENS:
+        return Reuse(best.seq_id, best_len)
+    others = [seq for seq in idle if seq.seq_id != best.seq_id]
+    if not others:
+        return Reuse(best.seq_id, best_len)  # best is the only idle one: trim it in place
+    return Reuse(_victim(others).seq_id, best_len, copy_from=best.seq_id)
+
+
+def cells_to_free(
+    sequences: Sequence[CachedSequence], *, need: int, free: int, exclude: frozenset[int]
+) -> list[int]:
+    """Idle sequences to clear (least recently used first) so that `need` cells fit in `free`.
+
+    Sequences in `exclude` (the ones this step writes to) are never chosen. Returns as many as
+    exist when even clearing all of them would not be enough; the caller then lets llama.cpp
+    decide.
+    """
+    victims = []
+    candidates = sorted(
+        (seq for seq in sequences if not seq.busy and seq.tokens and seq.seq_id not in exclude),
+        key=lambda seq: seq.last_used,
+    )
+    for seq in candidates:
+        if free >= need:
+            break
+        victims.append(seq.seq_id)
+        free += len(seq.tokens)
+    return victims
