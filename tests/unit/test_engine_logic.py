@@ -1,0 +1,166 @@
+"""The engine's pure decisions: batch planning, prefix reuse, text assembly (table-driven)."""
+
+from __future__ import annotations
+
+import pytest
+
+from neuron.engine.batching import BatchSlice, SequenceNeed, plan_batch
+from neuron.engine.prefix import (
+    KEEP_TAIL_TOKENS,
+    CachedSequence,
+    Reuse,
+    cells_to_free,
+    choose_sequence,
+    common_prefix,
+)
+from neuron.engine.text import TextAssembler
+
+
+def need(seq_id: int, pending: int, admitted: int | None = None) -> SequenceNeed:
+    return SequenceNeed(seq_id, pending, seq_id if admitted is None else admitted)
+
+
+@pytest.mark.parametrize(
+    ("needs", "n_batch", "expected"),
+    [
+        # three generating sequences: one token each, all sampled
+        (
+            [need(0, 0), need(1, 0), need(2, 0)],
+            512,
+            [
+                BatchSlice(0, 1, True, False),
+                BatchSlice(1, 1, True, False),
+                BatchSlice(2, 1, True, False),
+            ],
+        ),
+        # a long prompt is chunked; only the chunk that ends the prompt is sampled
+        ([need(0, 1200)], 512, [BatchSlice(0, 512, False, True)]),
+        ([need(0, 300)], 512, [BatchSlice(0, 300, True, True)]),
+        # decoding first, then prefill fills the rest of the budget
+        (
+            [need(0, 0), need(1, 0), need(2, 0), need(3, 2000)],
+            512,
+            [
+                BatchSlice(0, 1, True, False),
+                BatchSlice(1, 1, True, False),
+                BatchSlice(2, 1, True, False),
+                BatchSlice(3, 509, False, True),
+            ],
+        ),
+        # two prompts: the earlier admission goes first, the later gets what is left
+        (
+            [need(5, 400, admitted=2), need(6, 400, admitted=1)],
+            512,
+            [BatchSlice(6, 400, True, True), BatchSlice(5, 112, False, True)],
+        ),
+        # a budget smaller than the decoders: never more tokens than n_batch
+        ([need(0, 0), need(1, 0)], 1, [BatchSlice(0, 1, True, False)]),
+        ([], 512, []),
+    ],
+)
+def test_plan_batch(needs: list[SequenceNeed], n_batch: int, expected: list[BatchSlice]) -> None:
+    plan = plan_batch(needs, n_batch)
+    assert plan == expected
+    assert sum(piece.count for piece in plan) <= n_batch
+
+
+def seq(
+    seq_id: int, tokens: list[int], last_used: float = 0.0, busy: bool = False
+) -> CachedSequence:
+    return CachedSequence(seq_id, tokens, last_used, busy)
+
+
+SYSTEM = list(range(100, 200))  # a shared 100-token system prompt
+CONV_A = [*SYSTEM, *range(1000, 1100)]
+CONV_B = [*SYSTEM, *range(2000, 2100)]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "sequences", "reuse", "expected"),
+    [
+        # nothing cached: an empty sequence first, not the LRU one holding KV
+        ([1, 2, 3], [seq(0, [9, 9], 1.0), seq(1, [])], True, Reuse(1, 0)),
+        # no empty one: the least recently used
+        ([1, 2, 3], [seq(0, [9], 5.0), seq(1, [8], 1.0)], True, Reuse(1, 0)),
+        # the next turn of a cached conversation continues it in place
+        ([*CONV_A, 7, 8], [seq(0, CONV_A, 1.0), seq(1, [])], True, Reuse(0, len(CONV_A))),
+        # an identical prompt keeps one token to evaluate (its logits are needed)
+        ([1, 2, 3, 4], [seq(0, [1, 2, 3, 4])], True, Reuse(0, 3)),
+        # another conversation with the same system prompt copies it and keeps A cached
+        (CONV_B, [seq(0, CONV_A, 2.0), seq(1, [])], True, Reuse(1, len(SYSTEM), copy_from=0)),
+        # ... also from a sequence that is generating right now
+        (
+            CONV_B,
+            [seq(0, CONV_A, busy=True), seq(1, [5])],
+            True,
+            Reuse(1, len(SYSTEM), copy_from=0),
+        ),
+        # a short tail is not worth a sequence: trim in place
+        (
+            [*SYSTEM, 1],
+            [seq(0, [*SYSTEM, *range(KEEP_TAIL_TOKENS - 1)]), seq(1, [])],
+            True,
+            Reuse(0, len(SYSTEM)),
+        ),
+        # the best match is the only idle sequence: trim it in place
+        (CONV_B, [seq(0, CONV_A), seq(1, [3], busy=True)], True, Reuse(0, len(SYSTEM))),
+        # all busy: wait
+        ([1, 2], [seq(0, [1], busy=True)], True, None),
+        # reuse off (seeded requests): a fresh sequence, nothing kept
+        ([*CONV_A, 7], [seq(0, CONV_A), seq(1, [])], False, Reuse(1, 0)),
+    ],
+)
+def test_choose_sequence(
+    prompt: list[int], sequences: list[CachedSequence], reuse: bool, expected: Reuse | None
+) -> None:
+    assert choose_sequence(prompt, sequences, reuse=reuse) == expected
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "length"),
+    [
+        ([], [1], 0),
+        ([1, 2, 3], [1, 2, 4], 2),
+        (list(range(1000)), list(range(1000)), 1000),
+        (list(range(700)), [*range(600), -1], 600),
+    ],
+)
+def test_common_prefix(a: list[int], b: list[int], length: int) -> None:
+    assert common_prefix(a, b) == common_prefix(b, a) == length
+
+
+def test_cached_sequences_give_way_least_recently_used_first() -> None:
+    sequences = [
+        seq(0, [1] * 100, last_used=3.0),
+        seq(1, [1] * 100, last_used=1.0),
+        seq(2, [1] * 100, last_used=2.0),
+        seq(3, [1] * 100, busy=True),
+        seq(4, [1] * 100, last_used=0.5),  # written by this step: never a victim
+    ]
+    assert cells_to_free(sequences, need=150, free=0, exclude=frozenset({4})) == [1, 2]
+    assert cells_to_free(sequences, need=10, free=10, exclude=frozenset()) == []
+    assert cells_to_free(sequences, need=10_000, free=0, exclude=frozenset({4})) == [1, 2, 0]
+
+
+@pytest.mark.parametrize(
+    ("stops", "chunks", "released", "stopped"),
+    [
+        ((), [b"Hello", b" world"], ["Hello", " world"], None),
+        # a character split across tokens comes out whole
+        ((), [b"caf\xc3", b"\xa9!"], ["caf", "é!"], None),
+        # a stop string spanning tokens: held back, then dropped with everything after it
+        (("\n\n",), [b"one\n", b"\ntwo"], ["one", ""], "\n\n"),
+        # a held-back prefix that turns out not to be a stop is released
+        (("STOP",), [b"ST", b"ART"], ["", "START"], None),
+        # the earliest stop string wins
+        (("b", "a"), [b"xab"], ["x"], "a"),
+    ],
+)
+def test_text_assembler(
+    stops: tuple[str, ...], chunks: list[bytes], released: list[str], stopped: str | None
+) -> None:
+    assembler = TextAssembler(stops)
+    assert [assembler.feed(chunk) for chunk in chunks] == released
+    assert assembler.stopped == stopped
+    assembler.flush()
+    assert "".join(released) in assembler.text

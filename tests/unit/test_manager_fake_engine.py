@@ -1,0 +1,111 @@
+"""The model manager and admission over `FakeEngine`: lifecycle and limits in milliseconds."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from neuron.config import Admission, ModelSpec, NeuronConfig
+from neuron.engine import Finished, GenerateRequest, Piece
+from neuron.engine.fake import FakeEngine
+from neuron.errors import Conflict, RateLimited
+from neuron.gpu import NoGpuProbe
+from neuron.manager import ModelManager, ModelState
+
+
+def manager(engines: list[FakeEngine], model_dir: Path, **admission: float) -> ModelManager:
+    config = NeuronConfig(model_dirs=(model_dir,), admission=Admission(**admission), parallel=2)
+
+    def factory(spec, placement, plan, parallel) -> FakeEngine:
+        engine = FakeEngine(spec.id, parallel=parallel, step_s=0.01)
+        engines.append(engine)
+        return engine
+
+    return ModelManager(
+        config, NoGpuProbe("no GPUs in this test"), gpu_offload=False, engine_factory=factory
+    )
+
+
+async def collect(engine: FakeEngine, prompt: str) -> tuple[str, Finished]:
+    text = ""
+    async for item in engine.generate(GenerateRequest(prompt=prompt)):
+        if isinstance(item, Piece):
+            text += item.text
+        else:
+            return text, item
+    raise AssertionError("no Finished")
+
+
+async def test_concurrent_loads_build_one_engine(smollm_path: Path) -> None:
+    engines: list[FakeEngine] = []
+    models = manager(engines, smollm_path.parent)
+    spec = ModelSpec(id="smol", source=str(smollm_path))
+    first, second = await asyncio.gather(models.load(spec), models.load(spec))
+    assert first is second and len(engines) == 1
+    assert first.state is ModelState.READY and first.gate.limits.max_in_flight == 2
+    assert "tools" in first.capabilities  # every chat template can make grammar-shaped calls
+    assert first.placement is not None and first.placement.parallel == 2
+
+
+async def test_queue_limits_and_busy_unload(smollm_path: Path) -> None:
+    engines: list[FakeEngine] = []
+    models = manager(engines, smollm_path.parent, max_queue_depth=1, max_wait_s=5)
+    resident = await models.load(ModelSpec(id="smol", source=str(smollm_path)))
+    engine = engines[0]
+    release = asyncio.Event()
+
+    async def hold() -> None:
+        async with models.serving("smol", "chat"):
+            await release.wait()
+
+    holders = [asyncio.create_task(hold()) for _ in range(3)]  # two run, one waits
+    await asyncio.sleep(0.05)
+    assert (resident.gate.in_flight, resident.gate.waiting) == (2, 1)
+    with pytest.raises(RateLimited) as refused:
+        async with models.serving("smol", "chat"):
+            pass
+    assert refused.value.retry_after and refused.value.retry_after >= 1
+    with pytest.raises(Conflict):
+        await models.unload("smol")
+    release.set()
+    await asyncio.gather(*holders)
+    text, finished = await collect(engine, "one two three")
+    assert text == "three two one" and finished.usage.completion_tokens == 3
+    await models.unload("smol")
+    assert "smol" not in models.models
+
+
+async def test_fake_engine_runs_at_most_parallel_generations() -> None:
+    engine = FakeEngine("m", parallel=2, step_s=0.02)
+    await engine.start()
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        for _ in range(30):
+            peak = max(peak, engine.busy)
+            await asyncio.sleep(0.005)
+
+    results = await asyncio.gather(*(collect(engine, "a b c d") for _ in range(4)), watch())
+    assert peak == 2
+    assert all(text == "d c b a" for text, _ in results[:4])
+
+
+async def test_forced_unload_cancels_generations(smollm_path: Path) -> None:
+    engines: list[FakeEngine] = []
+    models = manager(engines, smollm_path.parent)
+    await models.load(ModelSpec(id="smol", source=str(smollm_path)))
+    engine = engines[0]
+    engine._reply = lambda prompt: " ".join(["word"] * 500)  # a long answer
+
+    async def generate() -> Finished:
+        async with models.serving("smol", "chat"):
+            return (await collect(engine, "go"))[1]
+
+    task = asyncio.create_task(generate())
+    await asyncio.sleep(0.05)
+    await models.unload("smol", force=True)
+    finished = await asyncio.wait_for(task, 2)
+    assert finished.reason.value == "cancelled" and finished.usage.completion_tokens < 500
