@@ -1,17 +1,21 @@
 """A fast OpenAI-compatible stub upstream that also speaks enough of the neuron contract.
 
 cortex can route to it as to a neuron (GET /discovery, /health, /models report one model, ready
-and idle), and any OpenAI client can call it directly (GET /v1/models, POST
-/v1/chat/completions). It does no work: a non-streaming chat answer is a fixed small completion
-with usage; a stream is `--chunks` content chunks, the first at once and each next one
-`--chunk-delay-ms` after the previous (scheduled on absolute times, so the delays do not drift),
-then a finish chunk, a usage chunk when `stream_options.include_usage` is set, and `data: [DONE]`.
+and idle; POST /tokenize counts 8 tokens), and any OpenAI client can call it directly (GET
+/v1/models, POST /v1/chat/completions, /v1/completions, /v1/embeddings). It does no work: a
+non-streaming answer is a fixed small completion (or embedding) with usage; a stream is
+`--chunks` content chunks, the first at once and each next one `--chunk-delay-ms` after the
+previous (scheduled on absolute times, so the delays do not drift), then a finish chunk, a usage
+chunk when `stream_options.include_usage` is set, and `data: [DONE]`. With `--token` every route
+answers 401 unless the request carries `Authorization: Bearer <token>`, as a neuron with an
+`[auth] token` will. The gateway's own tests use it as a fast fake neuron.
 
 It is a raw asyncio protocol on uvloop with httptools' parser (both come with Sanic), HTTP/1.1
 keep-alive, one process, so that it adds as little as possible to the latency it serves as a
 baseline for (see bench/gateway_overhead.py).
 
-    python bench/stub_upstream.py --port 18001 --model stub [--chunks 20] [--chunk-delay-ms 5]
+    python bench/stub_upstream.py --port 18001 --model stub [--chunks 20] [--chunk-delay-ms 5] \
+        [--token SECRET]
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import json
 import signal
 import socket
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httptools
@@ -29,16 +35,30 @@ import uvloop
 
 STARTED = time.time()
 COMPLETION_TEXT = "Hello from the stub."
-_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed"}
+_REASONS = {
+    200: b"OK",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+}
 
 
 class Stub:
     """What the stub answers; everything that does not change per request is encoded once."""
 
-    def __init__(self, model: str, chunks: int, chunk_delay_s: float) -> None:
+    def __init__(
+        self,
+        model: str,
+        chunks: int,
+        chunk_delay_s: float,
+        token: str | None = None,
+        extra_residents: tuple[str, ...] = (),
+    ) -> None:
         self.model = model
         self.chunks = chunks
         self.chunk_delay_s = chunk_delay_s
+        self.authorization = f"Bearer {token}".encode() if token else None
         created = int(STARTED)
         self.completion = _dumps(
             {
@@ -56,25 +76,58 @@ class Stub:
                 "usage": {"prompt_tokens": 8, "completion_tokens": 5, "total_tokens": 13},
             }
         )
-        base = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": created}
-        base["model"] = model
-
-        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-            return b"data: " + _dumps({**base, "choices": choices, **extra}) + b"\n\n"
-
-        self.first_chunk = event(
-            [{"index": 0, "delta": {"role": "assistant", "content": "t0"}, "finish_reason": None}]
+        self.text_completion = _dumps(
+            {
+                "id": "cmpl-stub",
+                "object": "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {"index": 0, "text": COMPLETION_TEXT, "finish_reason": "stop", "logprobs": None}
+                ],
+                "usage": {"prompt_tokens": 8, "completion_tokens": 5, "total_tokens": 13},
+            }
         )
-        self.content_chunks = [
-            event([{"index": 0, "delta": {"content": f" t{i}"}, "finish_reason": None}])
-            for i in range(1, chunks)
-        ]
-        self.finish_chunk = event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
-        self.usage_chunk = event(
-            [],
-            usage={"prompt_tokens": 8, "completion_tokens": chunks, "total_tokens": 8 + chunks},
+        self.embedding = _dumps(
+            {
+                "object": "list",
+                "model": model,
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.0, 0.5, 1.0]}],
+                "usage": {"prompt_tokens": 8, "total_tokens": 8},
+            }
         )
-        self.done = b"data: [DONE]\n\n"
+        self.tokenized = _dumps({"count": 8})
+        usage = {"prompt_tokens": 8, "completion_tokens": chunks, "total_tokens": 8 + chunks}
+        self.streams = {
+            b"/v1/chat/completions": _stream_events(
+                {
+                    "id": "chatcmpl-stub",
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                },
+                lambda i: {
+                    "delta": {"role": "assistant", "content": "t0"}
+                    if i == 0
+                    else {"content": f" t{i}"}
+                },
+                {"delta": {}},
+                chunks,
+                usage,
+            ),
+            b"/v1/completions": _stream_events(
+                {
+                    "id": "cmpl-stub",
+                    "object": "text_completion",
+                    "created": created,
+                    "model": model,
+                },
+                lambda i: {"text": f" t{i}", "logprobs": None},
+                {"text": "", "logprobs": None},
+                chunks,
+                usage,
+            ),
+        }
         self.models_v1 = _dumps(
             {
                 "object": "list",
@@ -87,7 +140,7 @@ class Stub:
         self.neuron_models = _dumps(
             [
                 {
-                    "id": model,
+                    "id": resident,
                     "state": "ready",
                     "source": "stub",
                     "path": "/dev/null",
@@ -100,6 +153,7 @@ class Stub:
                     "load_duration_s": 0,
                     "capabilities": ["chat", "completion"],
                 }
+                for resident in (model, *extra_residents)
             ]
         )
 
@@ -126,6 +180,36 @@ class Stub:
         )
 
 
+@dataclass(frozen=True)
+class StreamEvents:
+    """One route's SSE stream, encoded once: first chunk, the rest, the tail pieces."""
+
+    first: bytes
+    content: list[bytes]
+    finish: bytes
+    usage: bytes
+    done: bytes = b"data: [DONE]\n\n"
+
+
+def _stream_events(
+    base: dict[str, Any],
+    part: Callable[[int], dict[str, Any]],
+    finish: dict[str, Any],
+    chunks: int,
+    usage: dict[str, int],
+) -> StreamEvents:
+    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        return b"data: " + _dumps({**base, "choices": choices, **extra}) + b"\n\n"
+
+    content = [event([{"index": 0, **part(i), "finish_reason": None}]) for i in range(chunks)]
+    return StreamEvents(
+        first=content[0],
+        content=content[1:],
+        finish=event([{"index": 0, **finish, "finish_reason": "stop"}]),
+        usage=event([], usage=usage),
+    )
+
+
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
@@ -145,6 +229,18 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+# POST routes answered with a fixed body: path → the Stub attribute holding it.
+_ANSWERS = {
+    b"/v1/chat/completions": "completion",
+    b"/v1/completions": "text_completion",
+    b"/v1/embeddings": "embedding",
+    b"/tokenize": "tokenized",
+}
+_UNAUTHORIZED = _dumps(
+    {"error": {"message": "a bearer token is required", "type": "authentication_error"}}
+)
+
+
 class StubProtocol(asyncio.Protocol):
     def __init__(self, stub: Stub) -> None:
         self.stub = stub
@@ -152,6 +248,7 @@ class StubProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.url = b""
         self.body: list[bytes] = []
+        self.authorization = b""
         self.stream_task: asyncio.Task[None] | None = None
 
     # asyncio.Protocol
@@ -176,9 +273,14 @@ class StubProtocol(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.url = b""
         self.body = []
+        self.authorization = b""
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"authorization":
+            self.authorization = value
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -189,6 +291,7 @@ class StubProtocol(asyncio.Protocol):
             self.url.split(b"?", 1)[0],
             b"".join(self.body),
             self.parser.should_keep_alive(),
+            self.authorization,
         )
         previous = self.stream_task
         if previous is not None and not previous.done():
@@ -207,9 +310,14 @@ class StubProtocol(asyncio.Protocol):
                 await self.stream_task
 
     # answering
-    def _handle(self, method: bytes, path: bytes, body: bytes, keep_alive: bool) -> None:
+    def _handle(
+        self, method: bytes, path: bytes, body: bytes, keep_alive: bool, authorization: bytes
+    ) -> None:
         stub = self.stub
-        if method == b"POST" and path == b"/v1/chat/completions":
+        if stub.authorization is not None and authorization != stub.authorization:
+            self._send(401, b"application/json", _UNAUTHORIZED, keep_alive)
+            return
+        if method == b"POST" and path in _ANSWERS:
             try:
                 request = json.loads(body)
             except ValueError:
@@ -217,14 +325,14 @@ class StubProtocol(asyncio.Protocol):
             if not isinstance(request, dict):
                 self._send(400, b"application/json", b'{"error":"bad json"}', keep_alive)
                 return
-            if request.get("stream") is True:
+            if request.get("stream") is True and path in stub.streams:
                 options = request.get("stream_options") or {}
                 usage = isinstance(options, dict) and options.get("include_usage") is True
                 self.stream_task = asyncio.get_running_loop().create_task(
-                    self._stream(usage, keep_alive)
+                    self._stream(stub.streams[path], usage, keep_alive)
                 )
                 return
-            self._send(200, b"application/json", stub.completion, keep_alive)
+            self._send(200, b"application/json", getattr(stub, _ANSWERS[path]), keep_alive)
         elif method == b"GET" and path == b"/health":
             self._send(200, b"application/json", stub.health(), keep_alive)
         elif method == b"GET" and path == b"/discovery":
@@ -243,21 +351,21 @@ class StubProtocol(asyncio.Protocol):
         if not keep_alive:
             self.transport.close()
 
-    async def _stream(self, usage: bool, keep_alive: bool) -> None:
+    async def _stream(self, events: StreamEvents, usage: bool, keep_alive: bool) -> None:
         stub = self.stub
         loop = asyncio.get_running_loop()
         transport = self.transport
         if transport is None:
             return
         head = _head(200, b"text/event-stream", None, keep_alive)
-        transport.write(head + _chunk(stub.first_chunk))
+        transport.write(head + _chunk(events.first))
         start = loop.time()
-        for i, data in enumerate(stub.content_chunks, start=1):
+        for i, data in enumerate(events.content, start=1):
             await asyncio.sleep(max(0.0, start + i * stub.chunk_delay_s - loop.time()))
             if self.transport is None:
                 return
             transport.write(_chunk(data))
-        tail = stub.finish_chunk + (stub.usage_chunk if usage else b"") + stub.done
+        tail = events.finish + (events.usage if usage else b"") + events.done
         transport.write(_chunk(tail) + b"0\r\n\r\n")
         if not keep_alive:
             transport.close()
@@ -283,8 +391,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="stub")
     parser.add_argument("--chunks", type=int, default=20, help="content chunks per stream")
     parser.add_argument("--chunk-delay-ms", type=float, default=5.0)
+    parser.add_argument("--token", help="require Authorization: Bearer TOKEN on every route")
+    parser.add_argument(
+        "--extra-resident",
+        action="append",
+        default=[],
+        type=json.loads,
+        metavar="JSON_STRING",
+        help="also list this id in /models (a JSON string literal, e.g. '\"odd\\ud800\"')",
+    )
     args = parser.parse_args(argv)
-    stub = Stub(args.model, max(1, args.chunks), args.chunk_delay_ms / 1000)
+    stub = Stub(
+        args.model,
+        max(1, args.chunks),
+        args.chunk_delay_ms / 1000,
+        args.token,
+        tuple(args.extra_resident),
+    )
     uvloop.run(serve(args.host, args.port, stub))
 
 

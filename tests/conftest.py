@@ -140,6 +140,7 @@ class CortexProcess:
         eviction_toml: str = "",
         tokens: dict[str, str] | None = None,
         metrics: bool = False,
+        poll_interval_s: float = 0.5,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -156,7 +157,8 @@ class CortexProcess:
         self.config_path.write_text(
             f'models_config = "{self.models_path.name}"\n'
             f'[gateway]\nlisten = "127.0.0.1:{self.port}"\nmetrics_listen = "{metrics_listen}"\n'
-            "poll_interval_s = 0.5\ndown_after_misses = 2\nkeepalive_interval_s = 0.2\n"
+            f"poll_interval_s = {poll_interval_s}\ndown_after_misses = 2\n"
+            "keepalive_interval_s = 0.2\n"
             + gateway_toml
             + "\n[eviction]\n"
             + eviction_toml
