@@ -9,7 +9,8 @@ VRAM per model) are read from the registry's snapshot at scrape time.
 
 Labels are bounded: model ids are canonical ids the fleet knows (anything else is "unknown"),
 nodes come from config, endpoints and dialects are fixed sets. No prompt, key or free text is
-ever a label.
+ever a label. Every label that comes from a neuron (resident ids, states, error codes) passes
+through `label()`, so that no text a neuron reports can make an exposition fail to encode.
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ from cortex.stats import RollingStats, Sample
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _LOAD = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _RATE = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
+MAX_LABEL = 128
+
+
+def label(value: object) -> str:
+    """`value` as a label Prometheus can always encode: printable text (lone surrogates, control
+    and format characters become "_"), at most `MAX_LABEL` characters."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= MAX_LABEL and text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else "_" for c in text[:MAX_LABEL])
 
 
 class GatewayMetrics:
@@ -110,17 +121,16 @@ class GatewayMetrics:
 
     def on_scheduler_event(self, kind: str, fields: dict[str, Any]) -> None:
         """Hook for `Scheduler(on_event=...)`."""
+        model = label(fields.get("model", ""))
         if kind == "load":
-            self.cold_loads.labels(fields["model"], fields["node"], "ok").inc()
-            self.cold_load_duration.labels(fields["model"], fields["node"]).observe(
-                fields["duration_s"]
-            )
+            self.cold_loads.labels(model, fields["node"], "ok").inc()
+            self.cold_load_duration.labels(model, fields["node"]).observe(fields["duration_s"])
         elif kind == "load_failed":
-            self.cold_loads.labels(fields["model"], fields["node"], "failed").inc()
+            self.cold_loads.labels(model, fields["node"], "failed").inc()
         elif kind == "evict":
             self.evictions.labels(fields["node"], fields["reason"]).inc()
         elif kind == "single_flight_join":
-            self.single_flight_joins.labels(fields["model"]).inc()
+            self.single_flight_joins.labels(model).inc()
 
 
 class RequestObserver:
@@ -150,13 +160,13 @@ class RequestObserver:
         self.completion_tokens = 0
 
     def requested(self, name: str) -> None:
-        self.model = self._known_model(name)
+        self.model = label(self._known_model(name))
 
     def placed(self, node: str, model_id: str, cold_wait_s: float) -> None:
-        self.node, self.model = node, model_id
+        self.node, self.model = node, label(model_id)
         self.ready_at = time.monotonic()
         if cold_wait_s > 0:
-            self.metrics.cold_wait.labels(model_id, self.dialect).observe(cold_wait_s)
+            self.metrics.cold_wait.labels(self.model, self.dialect).observe(cold_wait_s)
 
     def chunk(self) -> None:
         now = time.monotonic()
@@ -174,7 +184,7 @@ class RequestObserver:
         labels = (self.model, self.node, self.dialect, self.endpoint)
         m.requests.labels(*labels, f"{status // 100}xx").inc()
         if status >= 400:
-            m.errors.labels(self.model, self.dialect, self.endpoint, code or str(status)).inc()
+            m.errors.labels(self.model, self.dialect, self.endpoint, label(code or status)).inc()
         m.latency.labels(*labels).observe(time.monotonic() - self.started)
         ttft = None
         if self.first_at is not None and self.ready_at is not None:
@@ -245,12 +255,13 @@ class _FleetCollector(Collector):
                 gpu_total.add_metric([node.name, str(gpu.index)], gpu.vram_total_mb * mib)
                 gpu_free.add_metric([node.name, str(gpu.index)], gpu.vram_free_mb * mib)
             for slot in node.models:
-                resident.add_metric([node.name, slot.model_id, slot.state], 1.0)
-                used.add_metric([node.name, slot.model_id], slot.vram_used_mb * mib)
+                model = label(slot.model_id)
+                resident.add_metric([node.name, model, label(slot.state)], 1.0)
+                used.add_metric([node.name, model], slot.vram_used_mb * mib)
                 if slot.estimate_mb is not None:
-                    estimate.add_metric([node.name, slot.model_id], slot.estimate_mb * mib)
-                in_flight.add_metric([node.name, slot.model_id], slot.in_flight)
-                queued.add_metric([node.name, slot.model_id], slot.queue_depth)
+                    estimate.add_metric([node.name, model], slot.estimate_mb * mib)
+                in_flight.add_metric([node.name, model], slot.in_flight)
+                queued.add_metric([node.name, model], slot.queue_depth)
         yield from (
             up,
             drained,
