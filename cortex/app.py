@@ -2,7 +2,8 @@
 
 One `httpx.AsyncClient` for the whole app (opened at start, closed at stop), one registry, one
 poller, one scheduler, one dispatcher. Errors render in the dialect of the route: Anthropic's
-envelope under /v1/messages, OpenAI's everywhere else.
+envelope under /v1/messages, OpenAI's everywhere else; bodies over `max_body_mb` are refused by
+Sanic itself (413) before they are read.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ from typing import Any
 import httpx
 from prometheus_client import start_http_server
 from sanic import Request, Sanic
-from sanic.exceptions import SanicException
+from sanic.exceptions import PayloadTooLarge, SanicException
 from sanic.response import HTTPResponse, json
 
 from cortex.api import admin, anthropic, openai
 from cortex.api.proxy import Dispatcher
 from cortex.config import GatewayConfig
-from cortex.errors import CortexError, Forbidden, Unauthorized, anthropic_type
+from cortex.errors import BodyTooLarge, CortexError, Forbidden, Unauthorized, anthropic_type
 from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.scheduler import Scheduler
 from cortex.fleet.state import NodeState
@@ -45,6 +46,7 @@ def create_app(
     app = Sanic(name, configure_logging=False)  # our own logging.basicConfig applies
     app.config.RESPONSE_TIMEOUT = 24 * 3600
     app.config.KEEP_ALIVE_TIMEOUT = 75
+    app.config.REQUEST_MAX_SIZE = int(config.max_body_mb * 1024 * 1024)
     app.ctx.config = config
     app.blueprint(admin.bp)
     app.blueprint(anthropic.bp)
@@ -142,6 +144,9 @@ def _is_anthropic(request: Request) -> bool:
 
 
 async def _render_error(request: Request, exc: Exception) -> HTTPResponse:
+    if isinstance(exc, PayloadTooLarge):
+        limit = request.app.ctx.config.max_body_mb
+        exc = BodyTooLarge(f"the request is larger than this gateway accepts ({limit:g} MiB)")
     if isinstance(exc, CortexError):
         body = exc.anthropic_body() if _is_anthropic(request) else exc.openai_body()
         return json(body, status=exc.status, headers=exc.headers())

@@ -38,6 +38,7 @@ class GatewayConfig:
     poll_interval_s: float = 2.0
     down_after_misses: int = 3
     connect_timeout_s: float = 3.0
+    max_body_mb: float = 8.0
     strategy: Strategy = Strategy.LRU
     idle_unload_after_s: float = 0.0
     defrag_after_cycles: int = 0
@@ -67,6 +68,7 @@ def load_config(path: Path) -> GatewayConfig:
         poll_interval_s=gateway.get("poll_interval_s", float, 2.0, positive),
         down_after_misses=gateway.get("down_after_misses", int, 3, positive),
         connect_timeout_s=gateway.get("connect_timeout_s", float, 3.0, positive),
+        max_body_mb=gateway.get("max_body_mb", float, 8.0, positive),
     )
     gateway.finish()
     eviction = root.table("eviction")

@@ -79,6 +79,14 @@ class InvalidRequest(CortexError):
     code = "invalid_request"
 
 
+class BodyTooLarge(CortexError):
+    """The request body is over `[gateway] max_body_mb`."""
+
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
 class Unauthorized(CortexError):
     status = 401
     type = "authentication_error"

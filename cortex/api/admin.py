@@ -13,6 +13,7 @@ from urllib.parse import unquote
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
+from cortex.api import validation
 from cortex.config import set_pinned
 from cortex.errors import InvalidRequest, ModelNotFound, NotFound
 from cortex.fleet.registry import FleetRegistry
@@ -58,12 +59,7 @@ def _node(node: NodeState) -> dict[str, Any]:
 
 
 def _body(request: Request) -> dict[str, Any]:
-    if not request.body:
-        return {}
-    body = request.json
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    return body
+    return validation.json_object(request.body) if request.body else {}
 
 
 def _node_arg(request: Request, body: dict[str, Any]) -> str | None:

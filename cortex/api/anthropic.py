@@ -18,19 +18,16 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 from sanic.response import json as json_response
 
-from cortex.api import sse
-from cortex.api.openai import observe, parse_body, requested_model
+from cortex.api import sse, validation
+from cortex.api.openai import observe
 from cortex.api.proxy import Dispatcher, Exchange
 from cortex.dialects.anthropic import (
-    AnthropicRequestError,
     StreamTranslator,
-    count_tokens_request,
     error_type_from_openai,
     ping,
     to_anthropic_response,
-    to_openai_request,
 )
-from cortex.errors import CortexError, InvalidRequest, NodeUnavailable
+from cortex.errors import CortexError, NodeUnavailable
 from cortex.metrics import RequestObserver
 
 bp = Blueprint("anthropic", url_prefix="/v1")
@@ -45,21 +42,9 @@ def _message_id() -> str:
     return "msg_" + secrets.token_hex(12)
 
 
-def _translate(body: dict[str, Any]) -> dict[str, Any]:
-    try:
-        return to_openai_request(body)
-    except AnthropicRequestError as exc:
-        raise InvalidRequest(exc.message) from None
-
-
 @bp.post("/messages/count_tokens")
 async def count_tokens(request: Request) -> HTTPResponse:
-    body = parse_body(request)
-    model = requested_model(body)
-    try:
-        counted = count_tokens_request(body)
-    except AnthropicRequestError as exc:
-        raise InvalidRequest(exc.message) from None
+    model, counted = validation.anthropic_count_request(request)
     dispatcher: Dispatcher = request.app.ctx.dispatcher
     target = await dispatcher.target(model)
     count = await dispatcher.clients[target.node].tokenize({"model": target.model_id, **counted})
@@ -71,10 +56,8 @@ async def messages(request: Request) -> HTTPResponse | None:
     observer = observe(request, "anthropic", "messages")
     status, code = 200, None
     try:
-        body = parse_body(request)
-        model = requested_model(body)
+        model, openai_body = validation.anthropic_request(request)
         observer.requested(model)
-        openai_body = _translate(body)
         dispatcher: Dispatcher = request.app.ctx.dispatcher
         if not openai_body.get("stream"):
             return await _whole(dispatcher, observer, model, openai_body)

@@ -18,30 +18,13 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, raw
 from sanic.response import json as json_response
 
-from cortex.api import sse
+from cortex.api import sse, validation
 from cortex.api.proxy import Dispatcher, Exchange
-from cortex.errors import CortexError, InvalidRequest, ModelNotFound, NodeUnavailable
+from cortex.errors import CortexError, ModelNotFound, NodeUnavailable
 from cortex.fleet.catalogue import catalogue_view, model_ids, model_view
 from cortex.metrics import RequestObserver
 
 bp = Blueprint("openai", url_prefix="/v1")
-
-
-def parse_body(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(request.body or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    return body
-
-
-def requested_model(body: dict[str, Any]) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("'model' is required and must be a non-empty string", param="model")
-    return model
 
 
 @bp.get("/models")
@@ -91,8 +74,8 @@ async def relay(request: Request, path: str, endpoint: str) -> HTTPResponse | No
     observer = observe(request, "openai", endpoint)
     status, code = 200, None
     try:
-        body = parse_body(request)
-        model = requested_model(body)
+        body = validation.openai_request(request, endpoint)
+        model = body["model"]
         observer.requested(model)
         dispatcher: Dispatcher = request.app.ctx.dispatcher
         if body.get("stream") is not True:

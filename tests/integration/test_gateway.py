@@ -207,7 +207,11 @@ def test_stream_sends_keepalives_during_cold_load(fleet) -> None:
     with httpx.stream(
         "POST",
         fleet.url + "/v1/chat/completions",
-        json={"model": "gemma-chat-free", "messages": []},
+        json={
+            "model": "gemma-chat-free",
+            "messages": [{"role": "user", "content": "Hi"}],
+            "stream": True,
+        },
     ) as refused:
         assert refused.status_code == 404  # unknown model: a plain error before any stream
     with httpx.stream(
