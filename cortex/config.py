@@ -39,6 +39,8 @@ class GatewayConfig:
     down_after_misses: int = 3
     connect_timeout_s: float = 3.0
     max_body_mb: float = 8.0
+    first_byte_timeout_s: float = 600.0
+    idle_timeout_s: float = 120.0
     strategy: Strategy = Strategy.LRU
     idle_unload_after_s: float = 0.0
     defrag_after_cycles: int = 0
@@ -69,6 +71,8 @@ def load_config(path: Path) -> GatewayConfig:
         down_after_misses=gateway.get("down_after_misses", int, 3, positive),
         connect_timeout_s=gateway.get("connect_timeout_s", float, 3.0, positive),
         max_body_mb=gateway.get("max_body_mb", float, 8.0, positive),
+        first_byte_timeout_s=gateway.get("first_byte_timeout_s", float, 600.0, positive),
+        idle_timeout_s=gateway.get("idle_timeout_s", float, 120.0, positive),
     )
     gateway.finish()
     eviction = root.table("eviction")

@@ -137,6 +137,14 @@ class LoadTimeout(CortexError):
     code = "cold_load_timeout"
 
 
+class UpstreamTimeout(CortexError):
+    """A neuron sent nothing for longer than the first-byte or between-chunks timeout."""
+
+    status = 504
+    type = "timeout_error"
+    code = "upstream_timeout"
+
+
 class UpstreamError(CortexError):
     """A neuron answered with an error; its status, body and Retry-After pass through."""
 

@@ -13,7 +13,6 @@ import json
 import secrets
 from typing import Any
 
-import httpx
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse
 from sanic.response import json as json_response
@@ -27,7 +26,7 @@ from cortex.dialects.anthropic import (
     ping,
     to_anthropic_response,
 )
-from cortex.errors import CortexError, NodeUnavailable
+from cortex.errors import CortexError
 from cortex.metrics import RequestObserver
 
 bp = Blueprint("anthropic", url_prefix="/v1")
@@ -46,9 +45,7 @@ def _message_id() -> str:
 async def count_tokens(request: Request) -> HTTPResponse:
     model, counted = validation.anthropic_count_request(request)
     dispatcher: Dispatcher = request.app.ctx.dispatcher
-    target = await dispatcher.target(model)
-    count = await dispatcher.clients[target.node].tokenize({"model": target.model_id, **counted})
-    return json_response({"input_tokens": count})
+    return json_response({"input_tokens": await dispatcher.tokenize(model, counted)})
 
 
 @bp.post("/messages")
@@ -138,7 +135,7 @@ async def _stream(
     try:
         if response is None:
             await begin(await _input_tokens(dispatcher, exchange, openai_body))
-        async for line in exchange.response.aiter_lines():
+        async for line in exchange.lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             observer.chunk()
@@ -147,11 +144,9 @@ async def _stream(
                 observer.usage(chunk["usage"])
             await send(translator.feed(chunk))
         await send(translator.finish())
-    except httpx.TransportError as exc:
-        dispatcher.node_failed(exchange.target.node, type(exc).__name__)
-        error = NodeUnavailable(f"neuron {exchange.target.node} broke off")
-        await send(translator.error("api_error", error.message))
-        outcome = (error.status, error.code)
+    except CortexError as exc:  # the neuron broke off or went silent: end the stream cleanly
+        await send(translator.error("api_error", exc.message))
+        outcome = (exc.status, exc.code)
     finally:
         await exchange.close()
     await response.eof()

@@ -13,14 +13,13 @@ import json
 from typing import Any
 from urllib.parse import unquote
 
-import httpx
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, raw
 from sanic.response import json as json_response
 
 from cortex.api import sse, validation
 from cortex.api.proxy import Dispatcher, Exchange
-from cortex.errors import CortexError, ModelNotFound, NodeUnavailable
+from cortex.errors import CortexError, ModelNotFound
 from cortex.fleet.catalogue import catalogue_view, model_ids, model_view
 from cortex.metrics import RequestObserver
 
@@ -150,17 +149,15 @@ async def _relay_stream(
         response = await request.respond(content_type="text/event-stream", headers=sse.SSE_HEADERS)
     outcome: tuple[int, str | None] = (200, None)
     try:
-        async for chunk in exchange.response.aiter_raw():
+        async for chunk in exchange.chunks():
             observer.chunk()
             if b'"usage":{' in chunk:
                 chunk = _take_usage(chunk, observer, keep=client_wants_usage)
             if chunk:
                 await response.send(chunk)
-    except httpx.TransportError as exc:
-        dispatcher.node_failed(exchange.target.node, type(exc).__name__)
-        error = NodeUnavailable(f"neuron {exchange.target.node} broke off mid-stream")
-        await response.send(sse.data(error.openai_body()) + sse.DONE)
-        outcome = (error.status, error.code)
+    except CortexError as exc:  # the neuron broke off or went silent: end the stream cleanly
+        await response.send(sse.data(exc.openai_body()) + sse.DONE)
+        outcome = (exc.status, exc.code)
     finally:
         await exchange.close()
     await response.eof()

@@ -1,13 +1,21 @@
 """Getting one inference request onto a neuron: route, cold-load, open the upstream, retry once.
 
 `Dispatcher.open` returns an `Exchange` whose upstream response has its status and headers but
-no body read yet; the caller relays the body (chunk by chunk for streams) and closes it. Rules:
+no body read yet; the caller reads the body through the exchange (`chunks`, `lines`, `read`) and
+closes it. Rules:
 * A ready replica is used at once; otherwise the request joins the model's single-flight cold
   load, waiting at most `cold_load_timeout_s`. While it waits, `waiting()` is called every
   `keepalive_interval_s` so a streaming caller can keep its client's connection alive.
 * A neuron that cannot be reached before the first byte is marked down and the request is tried
-  once more elsewhere; a draining neuron (503 `draining`) is likewise skipped. Other neuron
-  errors pass through with their status, envelope and Retry-After.
+  once more elsewhere; a draining neuron (503 `draining`) is likewise skipped. A neuron that
+  answers 404 `model_not_found` for a model the last poll said it holds (it restarted or
+  unloaded it within one poll interval) is polled again and the request routed afresh, cold
+  loading if needed. Other neuron errors pass through with their status, envelope and
+  Retry-After.
+* A neuron gets `first_byte_timeout_s` from the request to the first byte of the answer's body
+  and `idle_timeout_s` between two chunks of it. On expiry (or a broken connection) the node
+  leaves routing until it polls well again, and the reader gets `UpstreamTimeout` (504) or
+  `NodeUnavailable`; nothing is retried once a neuron has the request, since it may be working.
 * The exchange counts as in flight on its replica from open to close, so eviction never picks a
   model that is serving, and routing sees the load at once.
 """
@@ -15,16 +23,23 @@ no body read yet; the caller relays the body (chunk by chunk for streams) and cl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from cortex.config import GatewayConfig
-from cortex.errors import LoadTimeout, NodeUnavailable, UpstreamError
+from cortex.errors import (
+    CortexError,
+    LoadTimeout,
+    NodeUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.scheduler import Scheduler, Target
 from cortex.nodes.client import NeuronClient
@@ -36,12 +51,56 @@ _JSON = {"Content-Type": "application/json"}
 
 @dataclass
 class Exchange:
+    """One request on one replica: the upstream answer, read under the relay's timeouts.
+
+    `first_byte_deadline` is in event-loop time; `broken(node, why)` takes the node out of
+    routing when it breaks off or goes silent.
+    """
+
     target: Target
     response: httpx.Response
     registry: FleetRegistry
+    first_byte_deadline: float
+    idle_timeout_s: float
+    broken: Callable[[str, str], None]
     cold_load_s: float = 0.0
     started: float = field(default_factory=time.monotonic)
     _closed: bool = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The upstream body as it arrives; raises `UpstreamTimeout` or `NodeUnavailable`."""
+        body = self.response.aiter_raw()
+        deadline, silence = self.first_byte_deadline, "sent no answer in time"
+        node = self.target.node
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await anext(body)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                self.broken(node, "timed out")
+                raise UpstreamTimeout(f"neuron {node} {silence}") from None
+            except httpx.TransportError as exc:
+                self.broken(node, type(exc).__name__)
+                raise NodeUnavailable(f"neuron {node} broke off mid-answer") from exc
+            deadline = loop.time() + self.idle_timeout_s
+            silence = f"went silent for {self.idle_timeout_s:g}s mid-answer"
+            yield chunk
+
+    async def lines(self) -> AsyncIterator[str]:
+        """The upstream body line by line (SSE), under the same timeouts as `chunks`."""
+        pending = b""
+        async for chunk in self.chunks():
+            *complete, pending = (pending + chunk).split(b"\n")
+            for line in complete:
+                yield line.rstrip(b"\r").decode("utf-8", "replace")
+        if pending:
+            yield pending.decode("utf-8", "replace")
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.chunks()])
 
     async def close(self) -> None:
         if self._closed:
@@ -54,6 +113,8 @@ class Exchange:
 
 
 class Dispatcher:
+    """Routes inference requests onto replicas (see the module docstring for the rules)."""
+
     def __init__(
         self,
         config: GatewayConfig,
@@ -78,7 +139,8 @@ class Dispatcher:
         waiting: Waiting | None = None,
     ) -> Exchange:
         exclude: frozenset[str] = frozenset()
-        for attempt in range(2):
+        repolled = False
+        while True:  # at most three turns: one elsewhere, one after a re-poll
             target = self.scheduler.route_now(requested, exclude)
             cold_started = time.monotonic()
             cold_load_s = 0.0
@@ -88,25 +150,43 @@ class Dispatcher:
             payload = raw
             if body.get("model") != target.model_id:  # an alias: the neuron knows the real id
                 payload = json.dumps({**body, "model": target.model_id}).encode()
+            deadline = asyncio.get_running_loop().time() + self.config.first_byte_timeout_s
             self.registry.request_started(target.node, target.model_id)
             try:
-                response = await self.clients[target.node].open_stream(path, payload, _JSON, None)
+                response = await self.clients[target.node].open_stream(
+                    path, payload, _JSON, deadline
+                )
             except NodeUnavailable as exc:
                 self.registry.request_finished(target.node, target.model_id)
                 self.poller.mark_down(target.node, exc.message)
-                if attempt == 0:
+                if not exclude:
                     exclude |= {target.node}
                     continue
+                raise
+            except UpstreamTimeout:
+                self.registry.request_finished(target.node, target.model_id)
+                self.node_failed(target.node, "timed out")
                 raise
             except UpstreamError as exc:
                 self.registry.request_finished(target.node, target.model_id)
-                if exc.code == "draining" and attempt == 0:
+                if exc.code == "draining" and not exclude:
                     self.registry.update_node(target.node, draining=True)
                     exclude |= {target.node}
                     continue
+                if _is_stale(exc) and not repolled:
+                    repolled = True
+                    await self._repoll(target.node)
+                    continue
                 raise
-            return Exchange(target, response, self.registry, cold_load_s)
-        raise AssertionError("unreachable: the second attempt returns or raises")
+            return Exchange(
+                target,
+                response,
+                self.registry,
+                deadline,
+                self.config.idle_timeout_s,
+                self.node_failed,
+                cold_load_s,
+            )
 
     async def fetch(
         self, requested: str, path: str, body: dict[str, Any], raw: bytes
@@ -114,10 +194,7 @@ class Dispatcher:
         """A whole (non-streaming) answer: the closed exchange and its body."""
         exchange = await self.open(requested, path, body, raw)
         try:
-            content = await exchange.response.aread()
-        except httpx.TransportError as exc:
-            self.node_failed(exchange.target.node, type(exc).__name__)
-            raise NodeUnavailable(f"neuron {exchange.target.node} broke off") from exc
+            content = await exchange.read()
         finally:
             await exchange.close()
         return exchange, content
@@ -128,6 +205,24 @@ class Dispatcher:
         if target is None:
             target = await self._wait_for_load(requested, frozenset(), waiting)
         return target
+
+    async def tokenize(self, requested: str, body: dict[str, Any]) -> int:
+        """The prompt's token count on a ready replica of `requested` (cold-loading it)."""
+        for repolled in (False, True):
+            target = await self.target(requested)
+            try:
+                return await self.clients[target.node].tokenize({**body, "model": target.model_id})
+            except UpstreamError as exc:
+                if repolled or not _is_stale(exc):
+                    raise
+                await self._repoll(target.node)
+        raise AssertionError("unreachable: the second turn returns or raises")
+
+    async def _repoll(self, node: str) -> None:
+        # The neuron no longer holds what its last poll said (restarted or unloaded within one
+        # poll interval): look again, so that routing sees the truth and cold-loads if needed.
+        with contextlib.suppress(CortexError):
+            await self.poller.poll(node)
 
     def node_failed(self, node: str, why: str) -> None:
         """The neuron broke off mid-response: take it out of routing until it polls well."""
@@ -154,3 +249,7 @@ class Dispatcher:
                 )
             except TimeoutError:
                 continue
+
+
+def _is_stale(exc: UpstreamError) -> bool:
+    return exc.status == 404 and exc.code == "model_not_found"

@@ -26,7 +26,7 @@ EVENT_HISTORY = 200
 class FleetEvent:
     seq: int
     at: float
-    kind: str  # load, load_failed, evict, unload, node_up, node_down, drain, pin, defrag, error
+    kind: str  # load, load_failed, evict, unload, node_up, node_down, node_restarted, drain, …
     message: str
     node: str | None = None
     model: str | None = None

@@ -8,19 +8,22 @@ Admin calls carry the neuron's bearer token when one is configured.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import httpx
 
 from cortex.config import NeuronEndpoint
-from cortex.errors import NodeUnavailable, UpstreamError
+from cortex.errors import NodeUnavailable, UpstreamError, UpstreamTimeout
 
 # Reads of lifecycle routes are quick; loads may take as long as the gateway lets a cold load run.
 _QUICK = httpx.Timeout(10.0, connect=3.0)
 
 
 class NeuronClient:
+    """One neuron's HTTP API; raises only `NodeUnavailable`, `UpstreamTimeout`, `UpstreamError`."""
+
     def __init__(self, http: httpx.AsyncClient, endpoint: NeuronEndpoint) -> None:
         self.http = http
         self.name = endpoint.name
@@ -84,28 +87,34 @@ class NeuronClient:
         return int((await self._request("POST", "/tokenize", body))["count"])
 
     async def open_stream(
-        self, path: str, body: bytes, headers: dict[str, str], read_timeout_s: float | None
+        self, path: str, body: bytes, headers: dict[str, str], first_byte_deadline: float
     ) -> httpx.Response:
         """Send an inference request; the caller reads and closes the streamed response.
 
         Raises before the first byte of the body is read: `NodeUnavailable` when the neuron
-        cannot be reached, `UpstreamError` when it answers with an error status.
+        cannot be reached, `UpstreamTimeout` when its answer has not begun by
+        `first_byte_deadline` (event-loop time), `UpstreamError` when it answers with an error
+        status. Reads have no httpx timeout: the caller times the body (see `Exchange`).
         """
         request = self.http.build_request(
             "POST",
             self.endpoint + path,
             content=body,
             headers=headers,
-            timeout=httpx.Timeout(read_timeout_s, connect=3.0),
+            timeout=httpx.Timeout(None, connect=3.0),
         )
         try:
-            response = await self.http.send(request, stream=True)
+            async with asyncio.timeout_at(first_byte_deadline):
+                response = await self.http.send(request, stream=True)
+        except TimeoutError:
+            raise UpstreamTimeout(f"neuron {self.name} sent no answer in time") from None
         except httpx.TransportError as exc:
             raise NodeUnavailable(f"neuron {self.name} unreachable: {type(exc).__name__}") from exc
         if response.status_code >= 400:
             try:
-                content = await response.aread()
-            except httpx.TransportError as exc:
+                async with asyncio.timeout_at(first_byte_deadline):
+                    content = await response.aread()
+            except (TimeoutError, httpx.TransportError) as exc:
                 raise NodeUnavailable(f"neuron {self.name} broke off") from exc
             finally:
                 await response.aclose()

@@ -1,9 +1,12 @@
 """Polls every neuron and turns its answers into `NodeState`s in the registry.
 
 Per node: `/discovery` once (and again when the neuron's uptime goes backwards, i.e. it
-restarted), `/health` and `/models` every `poll_interval_s`. A node is up after its first good
-poll and down after `down_after_misses` misses in a row (or at once when a request finds it
-unreachable: `mark_down`). Requests never wait on a poll: they read the last snapshot.
+restarted: recorded as a `node_restarted` event), `/health` and `/models` every
+`poll_interval_s`; the dispatcher also polls a node at once when it answers `model_not_found`
+for a model it was thought to hold. An answer that does not follow the contract is a miss. A
+node is up after its first good poll and down after `down_after_misses` misses in a row (or at
+once when a request finds it unreachable or hung: `mark_down`). Requests never wait on a
+poll: they read the last snapshot.
 """
 
 from __future__ import annotations
@@ -62,13 +65,22 @@ class Poller:
             node = self.registry.node(name)
             try:
                 health, models = await asyncio.gather(client.health(), client.models())
-                restarted = health.get("uptime_s", 0) < self._uptime.get(name, 0)
+                uptime = float(health.get("uptime_s", 0))
+                restarted = uptime < self._uptime.get(name, 0)
                 if name not in self._discovery or restarted or not node.up:
                     self._discovery[name] = await client.discovery()
-                self._uptime[name] = health.get("uptime_s", 0)
+                self._uptime[name] = uptime
+                fresh = _node_state(
+                    node, self._discovery[name], health, models, self.registry.clock()
+                )
             except CortexError as exc:
                 return self._missed(node, exc.message)
-            fresh = _node_state(node, self._discovery[name], health, models, self.registry.clock())
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                # An answer that does not follow the contract counts as a missed poll.
+                return self._missed(node, f"malformed answer ({type(exc).__name__})")
+            if restarted and node.up:
+                self.registry.record("node_restarted", f"{name} restarted", node=name)
+                log.warning("neuron %s restarted (its uptime went down)", name)
             if not node.up:
                 self.registry.record("node_up", f"{name} is up", node=name)
                 log.info("neuron %s is up (%s)", name, fresh.backend)
