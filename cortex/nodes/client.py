@@ -3,7 +3,8 @@
 All clients share the app's single `httpx.AsyncClient` (one connection pool, opened at server
 start, closed at stop). Transport failures (refused, reset, timeouts) become `NodeUnavailable`;
 neuron error answers become `UpstreamError` with the neuron's status, envelope and Retry-After.
-Admin calls carry the neuron's bearer token when one is configured.
+Every call — lifecycle, admin and inference alike — carries the neuron's bearer token when one
+is configured.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ class NeuronClient:
             "POST",
             self.endpoint + path,
             content=body,
-            headers=headers,
+            headers={**headers, **self._auth},
             timeout=httpx.Timeout(None, connect=3.0),
         )
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -282,3 +283,13 @@ def test_a_prompt_just_under_the_floor_is_left_to_the_neuron(gateway: CortexProc
     body["prompt"] += "a"
     error = refused(post(gateway, COMPLETIONS, body), COMPLETIONS)
     assert error["code"] == "context_length_exceeded"
+
+
+def test_neuron_token_is_sent_on_inference_too(tmp_path: Path) -> None:
+    with stub_gateway(
+        tmp_path, stub_args=("--token", "neuron-secret"), tokens={"stub": "neuron-secret"}
+    ) as gateway:
+        for path in OPENAI_ROUTES + ANTHROPIC_ROUTES:
+            assert post(gateway, path, VALID[path]).status_code == 200, path
+            stream = post(gateway, path, {**VALID[path], "stream": True})
+            assert stream.status_code == 200 and "error" not in stream.text, path
