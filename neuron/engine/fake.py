@@ -85,8 +85,10 @@ class FakeEngine:
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Piece | Finished]:
         if self._closed:
             raise ModelUnavailable(f"model {self.model_id!r} is unloading", retry_after=5)
-        prompt = request.prompt if isinstance(request.prompt, str) else " ".join(
-            str(t) for t in request.prompt
+        prompt = (
+            request.prompt
+            if isinstance(request.prompt, str)
+            else " ".join(str(t) for t in request.prompt)
         )
         words = prompt.split()
         if not words:

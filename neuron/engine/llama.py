@@ -299,8 +299,7 @@ class LlamaEngine:
             # embeddings API wants one per input, so mean-pool.
             llama_cpp.llama_free(self._ctx)
             self._ctx = self._new_context(llama_cpp.LLAMA_POOLING_TYPE_MEAN)
-        n_tokens = s.n_ctx if s.embedding else s.n_batch
-        self._batch = llama_cpp.llama_batch_init(n_tokens, 0, 1)
+        self._batch = llama_cpp.llama_batch_init(llama_cpp.llama_n_batch(self._ctx), 0, 1)
         self._seqs = [_Sequence(seq_id) for seq_id in range(s.n_seq_max)]
         template = llama_cpp.llama_model_chat_template(self._model, None)
         self.info = EngineInfo(
@@ -328,13 +327,15 @@ class LlamaEngine:
         cores = multiprocessing.cpu_count()
         params.n_threads = s.n_threads or max(cores // 2, 1)
         params.n_threads_batch = s.n_threads or cores
+        # llama.cpp keeps room for one output per sequence and asserts (aborting the process)
+        # unless a batch can hold that many: n_batch must be at least n_seq_max.
         if s.embedding:
             # Pooling needs a whole input in one micro-batch.
-            params.n_batch = params.n_ubatch = s.n_ctx
+            params.n_batch = params.n_ubatch = max(s.n_ctx, s.n_seq_max)
             params.embeddings = True
             params.pooling_type = pooling
         else:
-            params.n_batch = params.n_ubatch = s.n_batch
+            params.n_batch = params.n_ubatch = max(s.n_batch, s.n_seq_max)
         ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not ctx:
             raise RuntimeError("llama.cpp could not create a context (out of memory?)")
