@@ -119,3 +119,35 @@ def test_estimate_matches_llama_cpp(model: str, n_ctx: int, swa_full: bool) -> N
             f"{model} n_ctx={n_ctx} {key}: ours {value:.2f} MiB vs llama.cpp "
             f"{theirs[key]:.2f} MiB ({error:.1%})"
         )
+
+
+def _engine_sizes(path: Path, n_ctx: int, parallel: int) -> dict[str, float]:
+    """Open the model the way the neuron's engine does and return llama.cpp's buffer sizes."""
+    import asyncio
+
+    from neuron.engine.llama import LlamaEngine, LlamaSettings
+
+    engine = LlamaEngine("m", LlamaSettings(str(path), n_ctx=n_ctx, parallel=parallel))
+    with _llama_log() as chunks:
+        asyncio.run(engine.start())
+        text = "".join(chunks)
+    asyncio.run(engine.close())
+    return _parse(text.splitlines())
+
+
+@pytest.mark.parametrize("parallel", [1, 4])
+@pytest.mark.parametrize("model", ["smollm2", "gemma"])
+def test_estimate_matches_the_engines_kv_pool(model: str, parallel: int) -> None:
+    """The engine's context: a unified pool of n_ctx × parallel cells, 2 × parallel sequences."""
+    path = _model_path(model)
+    reported = _engine_sizes(path, 1024, parallel)
+    est = estimate_memory(read_geometry([path]), 1024 * parallel)
+    total = sum(reported[key] for key in ("model buffer", "KV buffer", "compute buffer"))
+    total += reported["output buffer"]
+    for ours, theirs, what in (
+        (est.kv_mb, reported["KV buffer"], "kv"),
+        (est.host_mb, total, "total"),
+    ):
+        assert abs(ours - theirs) / theirs <= TOLERANCE, (
+            f"{model} parallel={parallel} {what}: ours {ours:.2f} MiB vs llama.cpp {theirs:.2f} MiB"
+        )

@@ -1,0 +1,252 @@
+"""Engine benchmark: the neuron's batched engine vs llama.cpp's own llama-server (and,
+optionally, the neuron of an earlier commit), same GGUF, threads, context and greedy sampling.
+
+Not a test. Run from the repository root, one model-serving process at a time:
+
+    ../shared/tools/build-llama-server.sh            # once; prints .bench/llama-server/llama-server
+    .venv/bin/python bench/engine.py [--old-commit 2727804] [--threads 2] [--models smollm2,gemma]
+
+Scenarios, each through the server's HTTP API (streaming /v1/completions):
+1. single stream: decode tok/s of one 128-token greedy completion (median of 3);
+2. four streams at once: aggregate completion tok/s;
+3. two conversations sharing a ~2k-token system prompt, interleaved over 6 turns each:
+   median time to first token;
+4. a short request arriving while 3 long ones generate: its time to first token, vs alone.
+
+With --old-commit, a git worktree of that commit serves as "today's neuron" (the engine before
+continuous batching); it shares this checkout's virtualenv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import free_port  # noqa: E402
+
+N_CTX = 4096
+PARALLEL = 4
+COUNTING = ["1, 2, 3, 4,", "10, 11, 12, 13,", "100, 101, 102, 103,", "A, B, C, D,"]
+SYSTEM = "".join(
+    f"Rule {i}: answer politely, cite the section you rely on, and keep answers short.\n"
+    for i in range(1, 120)
+)
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    model: str
+    proc: subprocess.Popen
+    workdir: Path
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _wait(url: str, proc: subprocess.Popen, path: str = "/health", timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode})")
+        try:
+            if httpx.get(url + path, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+def start_neuron(name: str, gguf: Path, threads: int, code: Path, engine_table: bool) -> Server:
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    config = workdir / "neuron.toml"
+    text = f'listen = "127.0.0.1:{port}"\nmodel_dirs = ["{gguf.parent}"]\nn_threads = {threads}\n'
+    if engine_table:
+        text += f"[engine]\nparallel = {PARALLEL}\n"
+    config.write_text(text)
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "neuron.cli", "--config", str(config)],
+        cwd=code,
+        env=env,
+        stdout=(workdir / "log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    _wait(url, proc)
+    body = {"model": "m", "source": str(gguf), "n_ctx": N_CTX}
+    response = httpx.post(url + "/models/load", json=body, timeout=300)
+    response.raise_for_status()
+    return Server(name, url, "m", proc, workdir)
+
+
+def start_llama_server(binary: Path, gguf: Path, threads: int) -> Server:
+    port = free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-llama-server-"))
+    # Same KV pool as the neuron: n_ctx per request × parallel, unified.
+    args = [
+        str(binary), "-m", str(gguf), "--port", str(port), "--host", "127.0.0.1",
+        "-c", str(N_CTX * PARALLEL), "-np", str(PARALLEL), "-kvu",
+        "-t", str(threads), "-tb", str(threads), "-b", "512", "-ub", "512",
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=(workdir / "log").open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    _wait(url, proc, "/health")
+    return Server("llama-server", url, "m", proc, workdir)
+
+
+@dataclass
+class Run:
+    ttft: float
+    total: float
+    tokens: int
+    first_at: float
+    last_at: float
+
+    @property
+    def decode_tok_s(self) -> float:
+        span = self.last_at - self.first_at
+        return (self.tokens - 1) / span if span > 0 and self.tokens > 1 else 0.0
+
+
+async def complete(client: httpx.AsyncClient, server: Server, prompt: str, max_tokens: int) -> Run:
+    body = {
+        "model": server.model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    started = time.perf_counter()
+    first = last = None
+    pieces = 0
+    usage_tokens = None
+    async with client.stream("POST", server.url + "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage_tokens = chunk["usage"].get("completion_tokens")
+            for choice in chunk.get("choices") or []:
+                if choice.get("text"):
+                    now = time.perf_counter()
+                    first = first or now
+                    last = now
+                    pieces += 1
+    end = time.perf_counter()
+    first = first or end
+    return Run(first - started, end - started, usage_tokens or pieces, first, last or end)
+
+
+async def scenarios(server: Server) -> dict[str, float]:
+    out: dict[str, float] = {}
+    async with httpx.AsyncClient(timeout=600) as client:
+        await complete(client, server, "Warm up:", 8)
+        singles = [await complete(client, server, COUNTING[0], 128) for _ in range(3)]
+        out["single_tok_s"] = statistics.median(run.decode_tok_s for run in singles)
+
+        started = time.perf_counter()
+        runs = await asyncio.gather(*(complete(client, server, p, 128) for p in COUNTING))
+        out["aggregate4_tok_s"] = sum(run.tokens for run in runs) / (time.perf_counter() - started)
+
+        histories = {"A": SYSTEM, "B": SYSTEM}
+        ttfts = []
+        for turn in range(6):
+            for name in ("A", "B"):
+                histories[name] += (
+                    f"\nUser {name}{turn}: tell me about topic {name}{turn}.\nAnswer:"
+                )
+                run = await complete(client, server, histories[name], 16)
+                ttfts.append(run.ttft)
+                histories[name] += " (an answer)"
+        out["conversation_ttft_median_s"] = statistics.median(ttfts)
+
+        short = "Hello, my name is"
+        alone = statistics.median(
+            [(await complete(client, server, short, 8)).ttft for _ in range(3)]
+        )
+        longs = [asyncio.create_task(complete(client, server, p, 256)) for p in COUNTING[:3]]
+        await asyncio.sleep(1.0)
+        during = (await complete(client, server, short, 8)).ttft
+        await asyncio.gather(*longs)
+        out["short_ttft_alone_s"] = alone
+        out["short_ttft_during_3_long_s"] = during
+    return out
+
+
+def old_worktree(commit: str) -> Path:
+    path = ROOT / ".bench" / f"neuron-{commit}"
+    if not path.exists():
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(path), commit], check=True, cwd=ROOT
+        )
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", default="smollm2-135m-instruct,gemma3-270m")
+    parser.add_argument("--old-commit", default=None)
+    parser.add_argument("--llama-server", default=str(ROOT / ".bench/llama-server/llama-server"))
+    args = parser.parse_args()
+    from neuron.sources import resolve_source
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for model in args.models.split(","):
+        gguf = resolve_source(model, model_dirs=(), hf_cache=None).primary
+        starters: list[tuple[str, Callable[[], Server]]] = [
+            ("neuron", partial(start_neuron, "neuron", gguf, args.threads, ROOT, True)),
+            (
+                "llama-server",
+                partial(start_llama_server, Path(args.llama_server), gguf, args.threads),
+            ),
+        ]
+        if args.old_commit:
+            code = old_worktree(args.old_commit)
+            old = partial(start_neuron, "old", gguf, args.threads, code, False)
+            starters.append((f"neuron@{args.old_commit}", old))
+        results[model] = {}
+        for name, start in starters:
+            server = start()
+            try:
+                results[model][name] = asyncio.run(scenarios(server))
+            finally:
+                server.stop()
+            print(model, name, json.dumps(results[model][name]), flush=True)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / "engine.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
