@@ -19,7 +19,7 @@ from cortex.config import NeuronEndpoint
 from cortex.errors import NodeUnavailable, UpstreamError, UpstreamTimeout
 
 # Reads of lifecycle routes are quick; loads may take as long as the gateway lets a cold load run.
-_QUICK = httpx.Timeout(10.0, connect=3.0)
+QUICK_READ_S = 10.0
 
 
 class NeuronClient:
@@ -32,11 +32,15 @@ class NeuronClient:
         self._auth = {"Authorization": f"Bearer {endpoint.token}"} if endpoint.token else {}
 
     async def _request(
-        self, method: str, path: str, body: Any = None, timeout: httpx.Timeout = _QUICK
+        self, method: str, path: str, body: Any = None, read_s: float = QUICK_READ_S
     ) -> Any:
         try:
             response = await self.http.request(
-                method, self.endpoint + path, json=body, headers=self._auth, timeout=timeout
+                method,
+                self.endpoint + path,
+                json=body,
+                headers=self._auth,
+                timeout=self._timeout(read_s),
             )
         except httpx.TransportError as exc:
             raise NodeUnavailable(f"neuron {self.name} unreachable: {type(exc).__name__}") from exc
@@ -46,6 +50,10 @@ class NeuronClient:
             return response.json()
         except json.JSONDecodeError as exc:
             raise NodeUnavailable(f"neuron {self.name} sent a non-JSON answer") from exc
+
+    def _timeout(self, read_s: float | None) -> httpx.Timeout:
+        # The app's client carries `[gateway] connect_timeout_s`; each call sets its own read.
+        return httpx.Timeout(read_s, connect=self.http.timeout.connect)
 
     async def discovery(self) -> dict[str, Any]:
         return await self._request("GET", "/discovery")
@@ -71,16 +79,14 @@ class NeuronClient:
         body = _load_body(model, source, n_ctx)
         if embedding:
             body["embedding"] = True
-        return await self._request(
-            "POST", "/models/load", body, httpx.Timeout(timeout_s, connect=3.0)
-        )
+        return await self._request("POST", "/models/load", body, timeout_s)
 
     async def unload(self, model: str, *, force: bool = False) -> dict[str, Any]:
         return await self._request(
             "POST",
             "/models/unload",
             {"model": model, "force": force},
-            httpx.Timeout(120, connect=3),
+            120,
         )
 
     async def tokenize(self, body: dict[str, Any]) -> int:
@@ -102,7 +108,7 @@ class NeuronClient:
             self.endpoint + path,
             content=body,
             headers={**headers, **self._auth},
-            timeout=httpx.Timeout(None, connect=3.0),
+            timeout=self._timeout(None),
         )
         try:
             async with asyncio.timeout_at(first_byte_deadline):
