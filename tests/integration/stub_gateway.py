@@ -64,10 +64,12 @@ def stub_gateway(
     *,
     gateway_toml: str = "",
     stub_args: tuple[str, ...] = (),
+    stub: StubNeuron | None = None,
     tokens: dict[str, str] | None = None,
     metrics: bool = False,
 ) -> Iterator[CortexProcess]:
-    stub = StubNeuron(*stub_args)
+    """A gateway in front of `stub` (one started with `stub_args` when None), both stopped after."""
+    stub = stub or StubNeuron(*stub_args)
     cortex = CortexProcess(
         workdir,
         {"stub": stub},  # type: ignore[dict-item]  # CortexProcess needs only `.url`
