@@ -293,3 +293,12 @@ def test_neuron_token_is_sent_on_inference_too(tmp_path: Path) -> None:
             assert post(gateway, path, VALID[path]).status_code == 200, path
             stream = post(gateway, path, {**VALID[path], "stream": True})
             assert stream.status_code == 200 and "error" not in stream.text, path
+
+
+def test_a_ten_mib_prompt_is_413_under_the_default_cap(tmp_path: Path) -> None:
+    with stub_gateway(tmp_path) as gateway:  # max_body_mb left at its default
+        prompt = "a" * (10 * 1024 * 1024)
+        for path, body in ((COMPLETIONS, {"prompt": prompt}), (MESSAGES, {"system": prompt})):
+            error = refused(post(gateway, path, {**VALID[path], **body}), path, status=413)
+            assert "8 MiB" in error["message"]
+        assert post(gateway, CHAT, VALID[CHAT]).status_code == 200
