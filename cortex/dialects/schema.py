@@ -4,8 +4,9 @@ A tool's `parameters`, a `response_format` schema, Anthropic's `input_schema` an
 `output_config.format.schema` all become a GBNF grammar on the neuron. A keyword that offers no
 alternative at all (`{"anyOf": []}`, `{"enum": []}`, `{"type": []}`) becomes an empty grammar
 rule, which llama.cpp fails to parse (and has crashed on), and a keyword of the wrong shape
-(`"required": "x"`, `"properties": []`) fails the conversion. `check_schema` refuses both with
-the path of the keyword as `param`; the neuron checks its grammars again (defence in depth).
+(`"required": "x"`, `"properties": []`) fails the conversion. `check_schema` refuses both (400
+`invalid_schema`) with the path of the keyword as `param`; the neuron checks its grammars again
+(defence in depth).
 
 Invariants: pure (no I/O, no logging); raises only `InvalidRequest`; walks iteratively, so a
 deep schema costs no stack; keywords it does not know are left alone (JSON Schema has many, and
@@ -40,7 +41,8 @@ _STRINGS = ("pattern", "format", "$ref")
 
 
 def _fail(path: str, problem: str) -> NoReturn:
-    raise InvalidRequest(f"'{path}' {problem}", param=path)
+    # The neuron's own grammar check answers with this code too: one code, whoever refuses.
+    raise InvalidRequest(f"'{path}' {problem}", param=path, code="invalid_schema")
 
 
 def _is_number(value: Any) -> bool:

@@ -232,7 +232,7 @@ def test_schemas_with_an_empty_alternative(gateway: CortexProcess, schema: dict)
         ),
     ):
         error = refused(post(gateway, CHAT, {**VALID[CHAT], **body}), CHAT)
-        assert error["param"].startswith(param)
+        assert error["param"].startswith(param) and error["code"] == "invalid_schema"
     anthropic_tool = {"name": "f", "input_schema": schema}
     for body in (
         {"tools": [anthropic_tool], "tool_choice": {"type": "tool", "name": "f"}},
