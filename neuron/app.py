@@ -17,6 +17,7 @@ from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, json, raw
 
 from neuron.api import lifecycle, openai
+from neuron.api.auth import inference_auth
 from neuron.config import NeuronConfig
 from neuron.errors import NeuronError
 from neuron.gpu import GpuProbe, open_probe
@@ -46,11 +47,12 @@ def create_app(config: NeuronConfig, *, probe: GpuProbe | None = None) -> Sanic:
     app = Sanic("neuron", configure_logging=False)  # our own logging.basicConfig applies
     app.config.RESPONSE_TIMEOUT = 24 * 3600  # generations and loads take as long as they take
     app.config.KEEP_ALIVE_TIMEOUT = 75
-    app.config.REQUEST_MAX_SIZE = 64 * 1024 * 1024
+    app.config.REQUEST_MAX_SIZE = int(config.max_body_mb * 1024 * 1024)
     app.ctx.config = config
     app.blueprint(lifecycle.bp)
     app.blueprint(openai.bp)
     app.blueprint(openai.tokenize_bp)
+    app.register_middleware(inference_auth, "request")
 
     @app.before_server_start
     async def start(app: Sanic) -> None:

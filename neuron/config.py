@@ -67,6 +67,8 @@ class NeuronConfig:
     admission: Admission = field(default_factory=Admission)
     parallel: int = DEFAULT_PARALLEL
     auth_token: str | None = None
+    auth_inference: bool = True  # with a token: required on /v1/* and /tokenize too
+    max_body_mb: float = 8.0
     drain_timeout_s: float = 60.0
     source_path: Path | None = None
 
@@ -115,6 +117,7 @@ def load_config(path: Path | None = None) -> NeuronConfig:
     engine_table.finish()
     auth = root.table("auth")
     token = auth.get("token", str, None) or None
+    auth_inference = auth.get("inference", bool, True)
     auth.finish()
     hf_cache = root.get("hf_cache", str, None)
     n_threads = root.get("n_threads", int, 0, non_negative)
@@ -131,6 +134,8 @@ def load_config(path: Path | None = None) -> NeuronConfig:
         admission=admission,
         parallel=parallel,
         auth_token=token,
+        auth_inference=auth_inference,
+        max_body_mb=root.get("max_body_mb", float, 8.0, positive),
         drain_timeout_s=root.get("drain_timeout_s", float, 60.0, positive),
         source_path=path,
     )

@@ -1,7 +1,7 @@
 """Model lifecycle on one host: load, serve, unload, drain.
 
 States: loading → ready → unloading → (gone); loading → failed (error kept until the next load
-or unload). Invariants:
+or unload, for at most `FAILED_TTL_S`, and for the latest `FAILED_KEPT` failures only). Invariants:
 * At most one load per model id runs at a time: concurrent `load` calls for the same id await
   the same future (single flight), and get the same answer.
 * VRAM planned for a model is reserved with the GPU probe before its weights load and released
@@ -42,6 +42,9 @@ from neuron.offload import MemoryEstimate, OffloadPlan, estimate_memory, plan_of
 from neuron.sources import ResolvedSource, resolve_source
 
 log = logging.getLogger("neuron.manager")
+
+FAILED_TTL_S = 600.0  # how long a failed load stays listed with its error
+FAILED_KEPT = 8  # at most this many failed loads are listed at once
 
 
 class ModelState(StrEnum):
@@ -239,22 +242,34 @@ class ModelManager:
         try:
             await self._load(resident)
         except NeuronError as exc:
-            resident.state = ModelState.FAILED
-            resident.error = exc.body()["error"]
-            resident.ready.set_exception(exc)
-            resident.ready.exception()  # retrieved: joiners re-raise it, nobody else must
+            self._failed(resident, exc)
             raise
         except Exception as exc:
-            resident.state = ModelState.FAILED
             failure = InvalidModelFile(
                 f"llama.cpp could not load {spec.source_or_id!r}: {exc}", code="model_load_failed"
             )
-            resident.error = failure.body()["error"]
-            resident.ready.set_exception(failure)
-            resident.ready.exception()
+            self._failed(resident, failure)
             raise failure from exc
         resident.ready.set_result(None)
         return resident
+
+    def _failed(self, resident: Resident, error: NeuronError) -> None:
+        """Record a failed load; it is listed (with its error) for a while, then forgotten, and
+        never more than `FAILED_KEPT` at once, so failed ids cannot pile up in listings and
+        metric labels."""
+        resident.state = ModelState.FAILED
+        resident.error = error.body()["error"]
+        resident.ready.set_exception(error)
+        resident.ready.exception()  # retrieved: joiners re-raise it, nobody else must
+        failed = [r for r in self.models.values() if r.state is ModelState.FAILED]
+        for old in failed[: max(0, len(failed) - FAILED_KEPT)]:
+            self.models.pop(old.spec.id, None)
+        loop = asyncio.get_running_loop()
+        loop.call_later(FAILED_TTL_S, self._forget, resident)
+
+    def _forget(self, resident: Resident) -> None:
+        if self.models.get(resident.spec.id) is resident and resident.state is ModelState.FAILED:
+            del self.models[resident.spec.id]
 
     async def _load(self, resident: Resident) -> None:
         spec = resident.spec

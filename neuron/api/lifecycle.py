@@ -6,7 +6,6 @@ token; the read-only routes are open so that a gateway and operators can always 
 
 from __future__ import annotations
 
-import hmac
 import socket
 import time
 from typing import Any
@@ -15,9 +14,10 @@ from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from neuron import __version__
+from neuron.api.auth import require_token
 from neuron.api.schema import require_object
 from neuron.config import MAX_PARALLEL, ModelSpec
-from neuron.errors import InvalidRequest, Unauthorized
+from neuron.errors import InvalidRequest
 from neuron.manager import ModelManager
 
 bp = Blueprint("lifecycle")
@@ -27,16 +27,6 @@ def _manager(request: Request) -> ModelManager:
     return request.app.ctx.manager
 
 
-def _require_token(request: Request) -> None:
-    token = request.app.ctx.config.auth_token
-    if not token:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, presented = header.partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip(), token):
-        raise Unauthorized("a valid bearer token is required for this route")
-
-
 def _string(body: dict[str, Any], name: str, required: bool = False) -> str | None:
     value = body.get(name)
     if value is None and not required:
@@ -44,6 +34,19 @@ def _string(body: dict[str, Any], name: str, required: bool = False) -> str | No
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"'{name}' must be a non-empty string", param=name)
     return value
+
+
+def _model_id(body: dict[str, Any]) -> str:
+    """The id a model is served under: printable text of at most 256 characters.
+
+    Ids become metric labels and log fields, so control characters and lone surrogates (which
+    no UTF-8 encoder accepts) are refused here rather than failing /metrics later."""
+    model = _string(body, "model", required=True) or ""
+    if len(model) > 256 or not model.isprintable():  # lone surrogates are not printable
+        raise InvalidRequest(
+            "'model' must be printable text of at most 256 characters", param="model"
+        )
+    return model
 
 
 def _positive_int(body: dict[str, Any], name: str, minimum: int) -> int | None:
@@ -121,9 +124,9 @@ async def models(request: Request) -> HTTPResponse:
 
 @bp.post("/models/plan")
 async def plan(request: Request) -> HTTPResponse:
+    require_token(request)
     body = require_object(request.json)
-    model = _string(body, "model", required=True)
-    assert model is not None
+    model = _model_id(body)
     source = _string(body, "source") or model
     placement = await _manager(request).placement(
         source, _positive_int(body, "n_ctx", 16), _parallel(body)
@@ -133,7 +136,7 @@ async def plan(request: Request) -> HTTPResponse:
 
 @bp.post("/models/load")
 async def load(request: Request) -> HTTPResponse:
-    _require_token(request)
+    require_token(request)
     body = require_object(request.json)
     embedding = body.get("embedding", False)
     if not isinstance(embedding, bool):
@@ -144,7 +147,7 @@ async def load(request: Request) -> HTTPResponse:
     ):
         raise InvalidRequest("'n_gpu_layers' must be an integer ≥ -1", param="n_gpu_layers")
     spec = ModelSpec(
-        id=_string(body, "model", required=True) or "",
+        id=_model_id(body),
         source=_string(body, "source"),
         n_ctx=_positive_int(body, "n_ctx", 16),
         n_gpu_layers=n_gpu_layers,
@@ -157,7 +160,7 @@ async def load(request: Request) -> HTTPResponse:
 
 @bp.post("/models/unload")
 async def unload(request: Request) -> HTTPResponse:
-    _require_token(request)
+    require_token(request)
     body = require_object(request.json)
     model = _string(body, "model", required=True)
     assert model is not None

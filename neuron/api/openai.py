@@ -32,7 +32,7 @@ from neuron.api.sse import DONE, SSE_HEADERS, sse_data
 from neuron.chat_template import render_chat, template_supports_tools
 from neuron.engine import Engine, EngineInfo, Finished, GenerateRequest, Grammar, Piece
 from neuron.engine.grammar import schema_grammar
-from neuron.errors import EngineFailure, ModelUnavailable, NeuronError
+from neuron.errors import ContextLengthExceeded, EngineFailure, ModelUnavailable, NeuronError
 from neuron.manager import ModelManager, ModelState, Resident
 from neuron.toolcall import call_grammar, history_for_template, plan_tools
 
@@ -70,6 +70,7 @@ async def chat_completions(request: Request) -> HTTPResponse | None:
         req.model, "tools" if tools_active else "chat"
     ) as resident:
         engine = _engine(resident)
+        _refuse_oversized(_chat_chars(req), engine.info, "messages")
         prompt = _chat_prompt(engine.info, req, tools_active)
         generation = _generation(req, prompt, grammar, param="messages", info=engine.info)
         renderer = ChatRenderer(req.model, tools=tools_active, logprobs=req.logprobs is not None)
@@ -137,6 +138,25 @@ def _engine(resident: Resident) -> Engine:
     if resident.engine is None or resident.engine.info is None:
         raise ModelUnavailable(f"model {resident.spec.id!r} is not ready", retry_after=5)
     return resident.engine
+
+
+# No tokenizer packs more than this many characters into one token on real text, so a prompt
+# longer than n_ctx × this cannot fit and is refused before it is templated and tokenized.
+_MAX_CHARS_PER_TOKEN = 32
+
+
+def _chat_chars(req: GenerationRequest) -> int:
+    size = sum(len(message.get("content") or "") for message in req.messages)
+    return size + sum(len(str(tool)) for tool in req.tools or [])
+
+
+def _refuse_oversized(chars: int, info: EngineInfo | None, param: str) -> None:
+    if info is not None and chars > info.n_ctx * _MAX_CHARS_PER_TOKEN:
+        raise ContextLengthExceeded(
+            f"the prompt is {chars} characters; this model's context of {info.n_ctx} tokens "
+            "cannot hold it",
+            param=param,
+        )
 
 
 def _check_schemas(req: GenerationRequest, tools_active: bool) -> Grammar | None:

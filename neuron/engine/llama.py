@@ -320,7 +320,9 @@ class LlamaEngine:
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = s.kv_cells  # split evenly: n_ctx cells per sequence's stream
         params.n_seq_max = s.n_seq_max
-        params.kv_unified = False
+        # Generation: a stream per sequence. Embeddings: one pool, cleared after every batch
+        # (llama.cpp pools multi-sequence batches correctly only in a unified cache).
+        params.kv_unified = s.embedding
         params.swa_full = (
             True  # keep every position of sliding-window layers: prefixes stay reusable
         )

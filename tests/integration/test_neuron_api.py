@@ -470,6 +470,93 @@ def test_admin_token_required(start_neuron) -> None:
     )
     assert ok.status_code == 200
     assert httpx.get(node.url + "/health").status_code == 200  # read-only routes stay open
+    assert httpx.get(node.url + "/metrics").status_code == 200
+    # /models/plan resolves any source (hub repos too): it needs the token
+    assert httpx.post(node.url + "/models/plan", json=body).status_code == 401
+    chat = {"model": "smol", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    assert httpx.post(node.url + "/v1/chat/completions", json=chat).status_code == 401
+    assert (
+        httpx.post(node.url + "/tokenize", json={"model": "smol", "prompt": "x"}).status_code == 401
+    )
+    authed = httpx.post(
+        node.url + "/v1/chat/completions",
+        json=chat,
+        headers={"Authorization": "Bearer s3cret"},
+        timeout=60,
+    )
+    assert authed.status_code == 200
+
+
+def test_inference_can_be_left_open_with_a_token(start_neuron) -> None:
+    node = start_neuron('[auth]\ntoken = "s3cret"\ninference = false\n')
+    body = {"model": "smol", "source": SMOL, "n_ctx": 256}
+    auth = {"Authorization": "Bearer s3cret"}
+    assert httpx.post(node.url + "/models/load", json=body, headers=auth, timeout=60).is_success
+    chat = {"model": "smol", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+    assert httpx.post(node.url + "/v1/chat/completions", json=chat, timeout=60).status_code == 200
+    assert httpx.post(node.url + "/models/plan", json=body).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "encoded_id",
+    ["bad\\ud800id", "tab\\tid", "x" * 300, "new\\nline"],
+    ids=["surrogate", "tab", "long", "newline"],
+)
+def test_unprintable_model_ids_are_refused_and_metrics_keep_working(
+    neuron, encoded_id: str
+) -> None:
+    raw = '{"model": "' + encoded_id + '", "source": "smol-copy"}'  # JSON escapes, as sent
+    response = httpx.post(
+        neuron.url + "/models/load", content=raw, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400 and response.json()["error"]["param"] == "model"
+    assert httpx.get(neuron.url + "/metrics").status_code == 200
+
+
+def test_hostile_prompt_text_and_sizes(neuron) -> None:
+    surrogate = (
+        '{"model": "smol", "max_tokens": 2, "messages": [{"role": "user", "content": "a\\ud800b"}]}'
+    )
+    response = httpx.post(
+        neuron.url + "/v1/chat/completions",
+        content=surrogate,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    empty = httpx.post(
+        neuron.url + "/v1/completions",
+        json={"model": "gemma", "prompt": "", "max_tokens": 2},
+        timeout=30,
+    )
+    assert empty.status_code == 200, empty.text  # the prompt is just BOS
+    # far longer than the context could hold: refused before templating and tokenizing
+    started = time.monotonic()
+    huge = httpx.post(
+        neuron.url + "/v1/completions",
+        json={"model": "smol-tiny", "prompt": "word " * 20_000, "max_tokens": 2},
+        timeout=30,
+    )
+    assert huge.status_code == 400 and huge.json()["error"]["code"] == "context_length_exceeded"
+    assert time.monotonic() - started < 2
+    too_big = httpx.post(
+        neuron.url + "/v1/completions",
+        content=b'{"model": "smol", "prompt": "' + b"x" * (9 * 1024 * 1024) + b'"}',
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert too_big.status_code == 413 and "error" in too_big.json()
+    assert_still_serving(neuron)
+
+
+def test_failed_loads_do_not_pile_up(neuron) -> None:
+    for index in range(12):
+        response = httpx.post(
+            neuron.url + "/models/load", json={"model": f"broken-{index}", "source": "notes"}
+        )
+        assert response.status_code == 422
+    listed = [m["id"] for m in httpx.get(neuron.url + "/models").json() if m["state"] == "failed"]
+    assert len(listed) <= 8 and "broken-11" in listed and "broken-0" not in listed
 
 
 def test_default_models_preload_after_port_opens(start_neuron) -> None:
@@ -531,9 +618,10 @@ def test_unload_releases_memory(start_neuron) -> None:
         assert loaded.status_code == 200
         assert httpx.post(node.url + "/models/unload", json={"model": "g"}).status_code == 200
 
-    # RSS right after an unload alternates between two levels ~11 MiB apart (pages the
-    # allocator has or hasn't handed back yet), so single readings can't be compared. A leak
-    # raises the floor: compare the lowest and the highest readings before and after ten cycles.
+    # RSS right after an unload alternates between two levels 8-13 MiB apart (pages glibc has
+    # or hasn't handed back yet; seen: 69, 77, 69, 77, … over 30 cycles, in runs of either), so
+    # readings are judged against a band: one level above the lowest warm-up reading. A leak of
+    # even 2 MiB per cycle leaves the band within the ten cycles.
     warm_up = []
     for _ in range(3):
         cycle()
@@ -542,8 +630,7 @@ def test_unload_releases_memory(start_neuron) -> None:
     for _ in range(10):
         cycle()
         samples.append(node.rss_mb())
-    assert min(samples[-3:]) <= min(warm_up) * 1.10, (warm_up, samples)
-    assert max(samples) <= max(warm_up) * 1.10, (warm_up, samples)
+    assert max(samples) <= min(warm_up) + 16, (warm_up, samples)
 
 
 def test_hf_cache_offline(start_neuron, tmp_path: Path, smollm_path: Path) -> None:

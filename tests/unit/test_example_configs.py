@@ -174,6 +174,7 @@ NOT_KEYS = {
     "models": "models",
     "aliases": "aliases",
     "auth_token": "auth.token",
+    "auth_inference": "auth.inference",
 }
 
 
