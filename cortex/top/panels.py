@@ -40,6 +40,7 @@ from cortex.top.common import Doc, dur, fmt, loads, mib, spinner
 MODEL_CHARS = ("█", "▓")  # alternate per model so neighbouring segments differ without colour
 OTHER_CHAR = "▒"  # VRAM in use by something that is not a resident model
 FREE_CHAR = "░"
+OTHER_NOISE_MB = 8.0  # VRAM not attributed to a model below this is rounding, not a user
 
 
 def _fit(rows: list[list[NodeView]], room: int) -> bool:
@@ -244,7 +245,9 @@ class NodeView:
 
     def _bar(self, shares: list[tuple[str, float]], used: float, total: float, width: int) -> Text:
         parts = [mb for _, mb in shares]
-        other = max(0.0, used - sum(parts))
+        other = used - sum(parts)
+        if other < OTHER_NOISE_MB:  # per-model figures are rounded: a few MiB is not a user
+            other = 0.0
         cells = bar_cells([*parts, other], total, width)
         bar = Text(no_wrap=True, overflow="crop")
         for i, ((model, _), n) in enumerate(zip(shares, cells, strict=False)):

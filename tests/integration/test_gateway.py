@@ -1,8 +1,9 @@
 """Three real neurons with fake GPU inventories of different sizes behind a real cortex.
 
-Sizes (vram_headroom_mb = 0): SmolLM2 at n_ctx 1024 plans 213 MiB, Gemma at n_ctx 512 plans
-759 MiB. "big" (1 GiB) holds Gemma or four SmolLM2s, "mid" (500 MiB) two, "small" (250 MiB)
-one. The catalogue serves the same SmolLM2 GGUF under several ids to have more models than room.
+Sizes (vram_headroom_mb = 0, one KV sequence per model: `[engine] parallel = 1`): SmolLM2 at
+n_ctx 1024 plans 213 MiB, Gemma at n_ctx 512 plans 759 MiB. "big" (1 GiB) holds Gemma or four
+SmolLM2s, "mid" (500 MiB) two, "small" (250 MiB) one. The catalogue serves the same SmolLM2
+GGUF under several ids to have more models than room.
 """
 
 from __future__ import annotations
@@ -55,7 +56,10 @@ vram_mb = 100000
 [aliases]
 "gpt-4o-mini" = "smol-b"
 """
-NEURON_TOML = "vram_headroom_mb = 0\n[admission]\nmax_in_flight = 1\nmax_queue_depth = 16\n"
+NEURON_TOML = (
+    "vram_headroom_mb = 0\n[engine]\nparallel = 1\n[admission]\nmax_in_flight = 1\n"
+    "max_queue_depth = 16\n"
+)
 SIZES = {"big": "0:1GiB", "mid": "0:500MiB", "small": "0:250MiB"}
 
 
@@ -321,6 +325,8 @@ def test_drained_node_takes_no_loads_and_its_models_move(client: openai.OpenAI, 
     assert locations(fleet, "smol-a") != ["small"]
     drained = next(n for n in fleet.fleet()["nodes"] if n["name"] == "small")
     assert drained["cordoned"] is True
+    assert httpx.post(f"{fleet.url}/admin/nodes/small/undrain").status_code == 200
+    assert not next(n for n in fleet.fleet()["nodes"] if n["name"] == "small")["cordoned"]
 
 
 def test_pin_and_unpin_persist_to_models_toml(fleet) -> None:

@@ -16,6 +16,10 @@ MODELS = "".join(
 )
 
 
+# Sizes below are for one KV sequence per model (SmolLM2 at n_ctx 1024: 213 MiB).
+ONE_SEQUENCE = "vram_headroom_mb = 0\n[engine]\nparallel = 1\n"
+
+
 def wait_for(predicate, timeout: float = 15) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -35,7 +39,7 @@ def resident(cortex: CortexProcess, state: str | None = None) -> set[str]:
 
 
 def test_idle_models_unload_but_pinned_ones_stay(start_neuron, tmp_path) -> None:
-    neuron = start_neuron("vram_headroom_mb = 0\n", env={"NEURON_FAKE_GPUS": "0:1GiB"})
+    neuron = start_neuron(ONE_SEQUENCE, env={"NEURON_FAKE_GPUS": "0:1GiB"})
     cortex = CortexProcess(
         tmp_path, {"n1": neuron}, MODELS, eviction_toml="idle_unload_after_s = 1.5\n"
     )
@@ -54,7 +58,7 @@ def test_idle_models_unload_but_pinned_ones_stay(start_neuron, tmp_path) -> None
 
 def test_defrag_reloads_the_resident_set_after_evictions(start_neuron, tmp_path) -> None:
     # room for two SmolLM2s (213 MiB each): the third evicts one, which counts a cycle
-    neuron = start_neuron("vram_headroom_mb = 0\n", env={"NEURON_FAKE_GPUS": "0:450MiB"})
+    neuron = start_neuron(ONE_SEQUENCE, env={"NEURON_FAKE_GPUS": "0:450MiB"})
     cortex = CortexProcess(
         tmp_path, {"n1": neuron}, MODELS, eviction_toml="defrag_after_cycles = 1\n"
     )

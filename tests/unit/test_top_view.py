@@ -305,3 +305,16 @@ def test_bar_cells(parts: list[float], total: float, width: int, expected: list[
 )
 def test_durations(seconds: float, text: str) -> None:
     assert dur(seconds) == text
+
+
+def test_rounding_between_model_and_gpu_figures_is_not_drawn_as_other_use() -> None:
+    # 9213 MiB attributed to models; the GPU reports 1 MiB more in use (figures are rounded)
+    doc = fleet()
+    doc["nodes"][0] = node(
+        "alpha",
+        [gpu(0, 24576, 24576 - 9214)],
+        [slot("llama-8b", "alpha", 9000), slot("smol", "alpha", 213)],
+    )
+    line = next(line for line in screen(doc, 160, 50) if "GPU0" in line and "24.0G" in line)
+    bar = line[line.index("GPU0") + 5 :].split(" ")[0]
+    assert OTHER_CHAR not in bar and bar.endswith(FREE_CHAR)
