@@ -298,3 +298,12 @@ def _tokens_at_least(size: int) -> int:
 
 def _bytes(text: Any) -> int:
     return len(text.encode("utf-8")) if isinstance(text, str) else 0
+
+
+def system_reminder(text: str) -> str:
+    """A system message that is not the first one, as user-turn text every template accepts.
+
+    Many chat templates refuse a system message after the first turn (or move it to the front,
+    which changes the prompt's prefix and so defeats the neuron's prefix cache). Claude Code
+    marks its own in-conversation instructions this way, so models trained on it know it."""
+    return f"<system-reminder>\n{text}\n</system-reminder>"
