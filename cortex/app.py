@@ -21,7 +21,7 @@ from sanic import Request, Sanic
 from sanic.exceptions import PayloadTooLarge, SanicException
 from sanic.response import HTTPResponse, json
 
-from cortex.api import admin, anthropic, openai
+from cortex.api import admin, anthropic, openai, responses
 from cortex.api.proxy import Dispatcher
 from cortex.config import GatewayConfig
 from cortex.errors import BodyTooLarge, CortexError, Forbidden, Unauthorized, anthropic_type
@@ -51,6 +51,7 @@ def create_app(
     app.blueprint(admin.bp)
     app.blueprint(anthropic.bp)
     app.blueprint(openai.bp)
+    app.blueprint(responses.bp)
     now = clock or time.time
 
     @app.before_server_start

@@ -167,6 +167,9 @@ class Dispatcher:
                 self.registry.request_finished(target.node, target.model_id)
                 self.node_failed(target.node, "timed out")
                 raise
+            except asyncio.CancelledError:  # the client went away before the neuron answered
+                self.registry.request_finished(target.node, target.model_id)
+                raise
             except UpstreamError as exc:
                 self.registry.request_finished(target.node, target.model_id)
                 if exc.code == "draining" and not exclude:
@@ -198,6 +201,13 @@ class Dispatcher:
         finally:
             await exchange.close()
         return exchange, content
+
+    def ready(self, requested: str) -> Target | None:
+        """A ready replica of `requested` now, or None when it must load first.
+
+        Raises `ModelNotFound` / `NoCapacity` when that is already known, so that a streaming
+        handler can refuse with an HTTP status before it starts its stream."""
+        return self.scheduler.route_now(requested)
 
     async def target(self, requested: str, waiting: Waiting | None = None) -> Target:
         """A ready replica of `requested`, cold-loading it if needed, without opening a request."""

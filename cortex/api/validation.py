@@ -6,7 +6,8 @@ One path for every route that takes a body, in both dialects:
    every string and key well-formed text (no lone surrogate, no NUL), so that re-serialising it
    or handing it to a tokenizer can never fail.
 2. the route's fields: `cortex.dialects.openai.check_request` for the OpenAI routes; for
-   Anthropic, tool and output schemas here, then the dialect's own translation.
+   Anthropic, tool and output schemas here, then the dialect's own translation; for Responses,
+   the dialect's translation (which checks its schemas).
 3. `check_context` — a prompt that cannot fit the catalogue model's `n_ctx` even at the most
    generous bytes-per-token is refused (400 `context_length_exceeded`) before any cold load.
 
@@ -26,6 +27,7 @@ from sanic import Request
 
 from cortex.dialects.anthropic import AnthropicRequestError, count_tokens_request, to_openai_request
 from cortex.dialects.openai import check_request, min_prompt_tokens, model_of
+from cortex.dialects.responses import ResponsesRequest, to_chat_request
 from cortex.dialects.schema import check_schema
 from cortex.errors import InvalidRequest
 from cortex.fleet.state import FleetSnapshot
@@ -134,6 +136,13 @@ def anthropic_request(request: Request) -> tuple[str, dict[str, Any]]:
     openai_body = _translated(to_openai_request, body)
     check_context(request.app.ctx.registry.snapshot(), openai_body, "messages")
     return model, openai_body
+
+
+def responses_request(request: Request) -> ResponsesRequest:
+    """A /v1/responses body as the chat request it translates to (schemas checked there)."""
+    parsed = to_chat_request(json_object(request.body))
+    check_context(request.app.ctx.registry.snapshot(), parsed.chat, "input")
+    return parsed
 
 
 def anthropic_count_request(request: Request) -> tuple[str, dict[str, Any]]:

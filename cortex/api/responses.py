@@ -1,0 +1,109 @@
+"""OpenAI Responses route: POST /v1/responses, answered statelessly over a neuron's chat path.
+
+Thin: the translation is `cortex.dialects.responses` (pure); routing, cold loads and retries
+are the dispatcher's; the stream is `sse.relay` with a framer of this dialect. A streaming
+client gets `response.created` and `response.in_progress` as soon as the request is known to be
+servable, then keep-alive comments until the neuron's first chunk — also during cold loads,
+queueing and prompt reads. Errors render in OpenAI's envelope (the app's error handler); after
+the stream has begun they are an `error` event and `response.failed`.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+
+from sanic import Blueprint, Request
+from sanic.response import HTTPResponse
+from sanic.response import json as json_response
+
+from cortex.api import sse, validation
+from cortex.api.openai import observe
+from cortex.api.proxy import Dispatcher
+from cortex.dialects.responses import ResponsesRequest, ResponsesStream, to_response
+from cortex.errors import CortexError
+from cortex.metrics import RequestObserver
+
+bp = Blueprint("responses", url_prefix="/v1")
+
+
+def _new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+class _Framer:
+    """`sse.Framer` for the Responses dialect: `ResponsesStream` events as named SSE events."""
+
+    def __init__(self, stream: ResponsesStream) -> None:
+        self._stream = stream
+
+    def start(self) -> bytes:
+        return sse.events(self._stream.start())
+
+    def keepalive(self) -> bytes:
+        return sse.KEEPALIVE
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        return sse.events(self._stream.feed(chunk))
+
+    def finish(self) -> bytes:
+        return sse.events(self._stream.finish())
+
+    def fail(self, exc: CortexError) -> bytes:
+        return sse.events(self._stream.fail(exc.code or exc.type, exc.message))
+
+
+@bp.post("/responses")
+async def responses(request: Request) -> HTTPResponse | None:
+    observer = observe(request, "responses", "responses")
+    status, code = 200, None
+    try:
+        parsed = validation.responses_request(request)
+        observer.requested(parsed.model)
+        dispatcher: Dispatcher = request.app.ctx.dispatcher
+        dispatcher.ready(parsed.model)  # unknown model / no capacity: an HTTP error, not a stream
+        created_at = int(time.time())
+        if not parsed.stream:
+            return await _whole(dispatcher, observer, parsed, created_at)
+        stream = ResponsesStream(
+            parsed.echo,
+            response_id=_new_id("resp"),
+            model=parsed.model,
+            created_at=created_at,
+            new_id=_new_id,
+        )
+        status, code = await sse.relay(
+            request, dispatcher, observer, parsed.model, parsed.chat, _Framer(stream)
+        )
+        return None
+    except CortexError as exc:
+        status, code = exc.status, exc.code
+        raise
+    finally:
+        observer.finish(status, code)
+
+
+async def _whole(
+    dispatcher: Dispatcher, observer: RequestObserver, parsed: ResponsesRequest, created_at: int
+) -> HTTPResponse:
+    raw = json.dumps(parsed.chat).encode()
+    exchange, content = await dispatcher.fetch(parsed.model, sse.CHAT_PATH, parsed.chat, raw)
+    observer.placed(exchange.target.node, exchange.target.model_id, exchange.cold_load_s)
+    observer.chunk()
+    try:
+        upstream = json.loads(content)
+    except ValueError:
+        upstream = {}
+    if isinstance(upstream, dict):
+        observer.usage(upstream.get("usage"))
+    answer = to_response(
+        upstream,
+        parsed.echo,
+        response_id=_new_id("resp"),
+        model=parsed.model,
+        created_at=created_at,
+        new_id=_new_id,
+    )
+    return json_response(answer)
