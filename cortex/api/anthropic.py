@@ -1,9 +1,11 @@
 """Anthropic Messages routes: /v1/messages and /v1/messages/count_tokens.
 
 Thin: the translation is `cortex.dialects.anthropic` (pure); routing, cold loads and retries
-are the dispatcher's, exactly as for OpenAI requests. A streaming client gets `message_start`
-and `ping`s as soon as a cold load begins, so short client timeouts keep waiting; upstream
-failures after that become an `error` event and a clean end. `anthropic-version` and
+are the dispatcher's, exactly as for OpenAI requests; the stream is `sse.relay` with a framer
+of this dialect. A streaming client gets `message_start` and a `ping` as soon as the request is
+known to be servable, then `ping`s until the first token — during cold loads, queueing and
+prompt reads alike — so client watchdogs keep waiting; upstream failures after that become an
+`error` event and a clean end. `anthropic-version` and
 `anthropic-beta` headers are accepted; auth (`x-api-key` or bearer) is the app's.
 """
 
@@ -19,7 +21,7 @@ from sanic.response import json as json_response
 
 from cortex.api import sse, validation
 from cortex.api.openai import observe
-from cortex.api.proxy import Dispatcher, Exchange
+from cortex.api.proxy import Dispatcher
 from cortex.dialects.anthropic import (
     StreamTranslator,
     error_type_from_openai,
@@ -27,6 +29,7 @@ from cortex.dialects.anthropic import (
     to_anthropic_response,
 )
 from cortex.errors import CortexError
+from cortex.fleet.scheduler import Target
 from cortex.metrics import RequestObserver
 
 bp = Blueprint("anthropic", url_prefix="/v1")
@@ -86,6 +89,29 @@ async def _whole(
     return json_response(message)
 
 
+class _Framer:
+    """`sse.Framer` for the Anthropic dialect: `message_start` and a `ping` at once, `ping`s
+    while waiting, then the translated events."""
+
+    def __init__(self, translator: StreamTranslator) -> None:
+        self._translator = translator
+
+    def start(self) -> bytes:
+        return sse.events([*self._translator.start(), ping()])
+
+    def keepalive(self) -> bytes:
+        return sse.events([ping()])
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        return sse.events(self._translator.feed(chunk))
+
+    def finish(self) -> bytes:
+        return sse.events(self._translator.finish())
+
+    def fail(self, exc: CortexError) -> bytes:
+        return sse.events(self._translator.error(_error_type(exc), exc.message))
+
+
 async def _stream(
     request: Request,
     dispatcher: Dispatcher,
@@ -94,74 +120,29 @@ async def _stream(
     openai_body: dict[str, Any],
 ) -> tuple[int, str | None]:
     """Relay as Anthropic events; returns the status and error code to record."""
-    response = None
-    translator: StreamTranslator | None = None
-    raw = json.dumps(openai_body).encode()
-
-    async def send(events: list[tuple[str, dict[str, Any]]]) -> None:
-        if events:
-            await response.send(b"".join(sse.event(name, data) for name, data in events))
-
-    async def begin(input_tokens: int | None) -> None:
-        nonlocal response, translator
-        response = await request.respond(content_type="text/event-stream", headers=sse.SSE_HEADERS)
-        translator = StreamTranslator(
-            model=model,
-            message_id=_message_id(),
-            tool_id=_tool_id,
-            input_tokens=input_tokens,
-            stop_sequences=openai_body.get("stop") or (),
-        )
-        await send([*translator.start(), ping()])
-
-    async def keep_waiting() -> None:
-        if response is None:
-            await begin(None)  # cold load: message_start now, real input_tokens at the end
-        else:
-            await send([ping()])
-
-    try:
-        exchange: Exchange = await dispatcher.open(
-            model, _CHAT, openai_body, raw, waiting=keep_waiting
-        )
-    except CortexError as exc:
-        if response is None:
-            raise
-        await send(translator.error(_error_type(exc), exc.message))
-        await response.eof()
-        return exc.status, exc.code
-    observer.placed(exchange.target.node, exchange.target.model_id, exchange.cold_load_s)
-    outcome: tuple[int, str | None] = (200, None)
-    try:
-        if response is None:
-            await begin(await _input_tokens(dispatcher, exchange, openai_body))
-        async for line in exchange.lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            observer.chunk()
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                observer.usage(chunk["usage"])
-            await send(translator.feed(chunk))
-        await send(translator.finish())
-    except CortexError as exc:  # the neuron broke off or went silent: end the stream cleanly
-        await send(translator.error("api_error", exc.message))
-        outcome = (exc.status, exc.code)
-    finally:
-        await exchange.close()
-    await response.eof()
-    return outcome
+    target = dispatcher.ready(model)  # unknown model / no capacity: an HTTP error, not a stream
+    # On a ready replica the prompt is counted first (quick), so message_start carries it;
+    # during a cold load message_start goes out at once and message_delta carries the count.
+    input_tokens = None if target is None else await _input_tokens(dispatcher, target, openai_body)
+    translator = StreamTranslator(
+        model=model,
+        message_id=_message_id(),
+        tool_id=_tool_id,
+        input_tokens=input_tokens,
+        stop_sequences=openai_body.get("stop") or (),
+    )
+    return await sse.relay(request, dispatcher, observer, model, openai_body, _Framer(translator))
 
 
 async def _input_tokens(
-    dispatcher: Dispatcher, exchange: Exchange, openai_body: dict[str, Any]
+    dispatcher: Dispatcher, target: Target, openai_body: dict[str, Any]
 ) -> int | None:
     """The prompt's real token count for `message_start`, from the serving neuron."""
-    counted = {"model": exchange.target.model_id, "messages": openai_body["messages"]}
+    counted = {"model": target.model_id, "messages": openai_body["messages"]}
     if openai_body.get("tools"):
         counted["tools"] = openai_body["tools"]
     try:
-        return await dispatcher.clients[exchange.target.node].tokenize(counted)
+        return await dispatcher.clients[target.node].tokenize(counted)
     except CortexError:
         return None  # message_delta carries the count at the end anyway
 
