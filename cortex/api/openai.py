@@ -35,8 +35,9 @@ async def list_models(request: Request) -> HTTPResponse:
 async def get_model(request: Request, model_id: str) -> HTTPResponse:
     model_id = unquote(model_id)  # ids may contain "/": clients send them URL-encoded
     snapshot = request.app.ctx.registry.snapshot()
-    if model_id in snapshot.aliases:
-        return json_response(model_view(snapshot, snapshot.aliases[model_id], alias_of=model_id))
+    target = snapshot.resolve(model_id)
+    if target != model_id:  # an alias, or a name an alias pattern matches
+        return json_response(model_view(snapshot, target, alias_of=model_id))
     if model_id not in model_ids(snapshot):
         raise ModelNotFound(f"model {model_id!r} does not exist", param="model")
     return json_response(model_view(snapshot, model_id))

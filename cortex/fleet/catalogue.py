@@ -1,15 +1,16 @@
 """Pure: the `/v1/models` view of a fleet snapshot.
 
 Every catalogue model and every model resident anywhere appears once, plus one entry per
-alias, in the OpenAI list shape with cortex's extra fields: `loaded`, `locations`
-[{node, state}], `feasible_on` (up nodes that take loads and could hold it), `n_ctx`, `pinned`.
+alias (not per alias pattern: it names no model), in the OpenAI list shape with cortex's extra
+fields: `loaded`, `locations` [{node, state}], `feasible_on` (up nodes that take loads and could
+hold it), `n_ctx`, `pinned`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from cortex.fleet.state import READY, FleetSnapshot
+from cortex.fleet.state import READY, FleetSnapshot, is_pattern
 
 
 def model_view(
@@ -57,7 +58,9 @@ def model_ids(snapshot: FleetSnapshot) -> list[str]:
 
 def catalogue_view(snapshot: FleetSnapshot) -> dict[str, Any]:
     data = [model_view(snapshot, model_id) for model_id in model_ids(snapshot)]
-    data += [
-        model_view(snapshot, target, alias_of=alias) for alias, target in snapshot.aliases.items()
+    data += [  # patterns name no model a client could list; they resolve requests only
+        model_view(snapshot, target, alias_of=alias)
+        for alias, target in snapshot.aliases.items()
+        if not is_pattern(alias)
     ]
     return {"object": "list", "data": data}

@@ -3,12 +3,20 @@
 The poller builds a new `FleetSnapshot` from what neurons report; the scheduler and handlers
 read snapshots and never mutate them. Times are UNIX seconds (floats) supplied by the caller, so
 routing and eviction stay pure and testable with any `now`.
+
+Name resolution (`FleetSnapshot.resolve`, `resolve_alias`): an exact alias wins; then a name
+that is a model id (in the catalogue or resident) is itself; then the alias *patterns* (keys
+with `*`, `?` or `[...]`, fnmatch semantics, case-sensitive), the most specific first — the
+one with the most literal characters, then the fewest wildcards, then the key itself — so
+`"claude-*-haiku-*"` beats `"claude-*"`; anything else passes through unchanged.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 
 READY = "ready"
 LOADING = "loading"
@@ -120,8 +128,14 @@ class FleetSnapshot:
     aliases: Mapping[str, str] = field(default_factory=dict)
 
     def resolve(self, name: str) -> str:
-        """The canonical model id for a requested name (aliases resolve; others pass through)."""
-        return self.aliases.get(name, name)
+        """The canonical model id for a requested name (see the module docstring)."""
+        if name in self.aliases:
+            return self.aliases[name]
+        if name in self.catalogue or any(
+            slot.model_id == name for node in self.nodes.values() for slot in node.models
+        ):
+            return name
+        return resolve_alias(name, self.aliases) or name
 
     def slots(self, model_id: str) -> list[ModelSlot]:
         return [
@@ -141,3 +155,26 @@ class FleetSnapshot:
     def pinned_on(self, model_id: str) -> tuple[str, ...]:
         entry = self.catalogue.get(model_id)
         return entry.pinned_on if entry else ()
+
+
+_WILDCARD = re.compile(r"\*|\?|\[[^\]]*\]")
+
+
+def is_pattern(alias: str) -> bool:
+    """Whether an `[aliases]` key is a glob pattern rather than one name."""
+    return _WILDCARD.search(alias) is not None
+
+
+def _specificity(pattern: str) -> tuple[int, int, str]:
+    wildcards = _WILDCARD.findall(pattern)
+    literal = len(pattern) - sum(len(w) for w in wildcards)
+    return (-literal, len(wildcards), pattern)
+
+
+def resolve_alias(name: str, aliases: Mapping[str, str]) -> str | None:
+    """The target of the exact alias `name`, else of the most specific pattern matching it,
+    else None (pure; see the module docstring for the order)."""
+    if name in aliases:
+        return aliases[name]
+    patterns = sorted((key for key in aliases if is_pattern(key)), key=_specificity)
+    return next((aliases[key] for key in patterns if fnmatchcase(name, key)), None)
