@@ -348,9 +348,34 @@ REQUEST_CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
         {"messages": [user("a"), {"role": "assistant", "content": ""}, user("b")]},
     ),
     (
-        "system-role message (SDK SystemMessageParam)",
+        "system-role message (SDK SystemMessageParam): a reminder in the user turn, in place",
         body(messages=[user("a"), {"role": "system", "content": [{"type": "text", "text": "s"}]}]),
-        {"messages": [user("a"), {"role": "system", "content": "s"}]},
+        {"messages": [user("a\n\n<system-reminder>\ns\n</system-reminder>")]},
+    ),
+    (
+        "mid-conversation system message joins the next user turn; the prefix stays put",
+        body(
+            system="S",
+            messages=[
+                user("a"),
+                assistant("b"),
+                {"role": "system", "content": "now x"},
+                user("c"),
+            ],
+        ),
+        {
+            "messages": [
+                {"role": "system", "content": "S"},
+                user("a"),
+                {"role": "assistant", "content": "b"},
+                user("<system-reminder>\nnow x\n</system-reminder>\n\nc"),
+            ]
+        },
+    ),
+    (
+        "an empty system message vanishes",
+        body(messages=[{"role": "system", "content": []}, user("a")]),
+        {"messages": [user("a")]},
     ),
     (
         "sampling, stop sequences and streaming usage",

@@ -14,6 +14,10 @@ Invariants:
 * Empty text blocks are dropped; several text blocks become one string joined by `TEXT_JOIN`;
   `thinking`/`redacted_thinking` blocks are dropped (engine-specific, not replayable), and so is
   Claude Code's per-request billing header in `system` (it would defeat the prefix/KV cache).
+* The prompt's prefix never moves: a `role: "system"` message inside `messages` (Claude Code
+  sends them mid-conversation) becomes `<system-reminder>` text in a user turn, in place and
+  combined with the user turns around it, instead of a system message that many chat templates
+  refuse after the first turn (or hoist to the front, changing every later prompt).
 * Unknown fields inside blocks (`cache_control`, `citations`, …) are ignored.
 """
 
@@ -23,6 +27,7 @@ import json
 from typing import Any
 
 from cortex.dialects.anthropic.common import _fail, _object, _string
+from cortex.dialects.openai import system_reminder
 
 # Separator for several text blocks that become one OpenAI string (system blocks, the text of
 # one turn, tool_result text). A blank line keeps sections apart without merging tokens.
@@ -172,9 +177,12 @@ def _assistant_turn(blocks: list[tuple[str, dict[str, Any]]]) -> list[dict[str, 
     return [message]
 
 
-def _system_turn(blocks: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    texts = [text for path, block in blocks if (text := _text_block(block, path))]
-    return [{"role": "system", "content": TEXT_JOIN.join(texts)}] if texts else []
+def _reminder(blocks: list[tuple[str, dict[str, Any]]], path: str) -> list[tuple[str, dict]]:
+    """A mid-conversation system message as one user text block, kept where it was sent."""
+    texts = [text for where, block in blocks if (text := _text_block(block, where))]
+    if not texts:
+        return []
+    return [(path, {"type": "text", "text": system_reminder(TEXT_JOIN.join(texts))})]
 
 
 def _system(system: Any) -> list[dict[str, Any]]:
@@ -184,14 +192,15 @@ def _system(system: Any) -> list[dict[str, Any]]:
         texts = [system]
     elif isinstance(system, list):
         texts = [_text_block(block, f"system.{i}") for i, block in enumerate(system)]
-        texts = [text for text in texts if not text.startswith(_BILLING_HEADER)]
+        texts = [text for text in texts if not text.lstrip().startswith(_BILLING_HEADER)]
     else:
         _fail("system", "Input should be a string or a list of text blocks")
     text = TEXT_JOIN.join(text for text in texts if text)
     return [{"role": "system", "content": text}] if text else []
 
 
-_TURNS = {"user": _user_turn, "assistant": _assistant_turn, "system": _system_turn}
+_TURNS = {"user": _user_turn, "assistant": _assistant_turn}
+_ROLES = ("user", "assistant", "system")
 
 
 def _messages(messages: Any) -> list[dict[str, Any]]:
@@ -207,11 +216,15 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
     for index, message in enumerate(messages):
         path = f"messages.{index}"
         role = _object(message, path).get("role")
-        if not isinstance(role, str) or role not in _TURNS:
+        if not isinstance(role, str) or role not in _ROLES:
             _fail(f"{path}.role", "Input should be 'user' or 'assistant'")
         if "content" not in message:
             _fail(f"{path}.content", "Field required")
         blocks = _blocks(message["content"], f"{path}.content")
+        if role == "system":  # Claude Code ≥ 2.1 sends these mid-conversation
+            role, blocks = "user", _reminder(blocks, f"{path}.content")
+            if not blocks:
+                continue
         if turns and turns[-1][0] == role:
             turns[-1][1].extend(blocks)
         else:
