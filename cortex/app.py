@@ -28,7 +28,7 @@ from cortex.errors import BodyTooLarge, CortexError, Forbidden, Unauthorized, an
 from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.scheduler import Scheduler
 from cortex.fleet.state import NodeState
-from cortex.metrics import GatewayMetrics
+from cortex.metrics import GatewayMetrics, log_access
 from cortex.nodes.client import NeuronClient
 from cortex.nodes.poller import Poller
 from cortex.tomlconf import parse_listen
@@ -106,6 +106,7 @@ def create_app(
 
     @app.on_request
     async def authenticate(request: Request) -> None:
+        request.ctx.started = time.monotonic()
         path = request.path
         if path.startswith("/v1/"):
             if config.api_keys and not _presented_key_in(request, config.api_keys):
@@ -118,6 +119,20 @@ def create_app(
                     raise Unauthorized("a valid admin key is required")
             elif not _is_loopback(request):
                 raise Forbidden("admin routes answer loopback clients only until admin_keys is set")
+
+    @app.on_response
+    async def access(request: Request, response: HTTPResponse) -> None:
+        if getattr(request.ctx, "observer", None) is not None:
+            return  # inference routes log when their last byte is sent (RequestObserver)
+        started = getattr(request.ctx, "started", time.monotonic())
+        # The matched pattern (/v1/models/<model_id:path>), never the path the client sent.
+        route = "/" + request.route.path.lstrip("/") if request.route else "-"
+        log_access(
+            request.method,
+            route,
+            status=response.status,
+            duration_s=time.monotonic() - started,
+        )
 
     app.error_handler.add(Exception, _render_error)
     return app

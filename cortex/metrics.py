@@ -7,6 +7,12 @@ Scheduler: cold loads with outcome and duration, evictions by reason, single-fli
 Fleet gauges (nodes up, VRAM per node and GPU, resident models with state, estimated vs used
 VRAM per model) are read from the registry's snapshot at scrape time.
 
+Access log: every request writes one line to the `cortex.access` logger — inference requests
+from `RequestObserver.finish`, all others from the app's response hook — with method, route,
+model, node, status, duration, tokens in/out and whether the client went away. The model is
+the observer's bounded label (a name the fleet does not know is "unknown"); routes are the
+matched route patterns. Never a prompt, key, header or any other text the client sent.
+
 Labels are bounded: model ids are canonical ids the fleet knows (anything else is "unknown"),
 nodes come from config, endpoints and dialects are fixed sets. No prompt, key or free text is
 ever a label. Every label that comes from a neuron (resident ids, states, error codes) passes
@@ -15,6 +21,7 @@ through `label()`, so that no text a neuron reports can make an exposition fail 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -30,6 +37,34 @@ _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 _LOAD = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _RATE = (1, 2, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500)
 MAX_LABEL = 128
+access_log = logging.getLogger("cortex.access")
+
+
+def log_access(
+    method: str,
+    route: str,
+    *,
+    status: int,
+    duration_s: float,
+    model: str = "-",
+    node: str = "-",
+    tokens_in: int = 0,
+    tokens_out: int = 0,
+    client_gone: bool = False,
+) -> None:
+    """Write one access-log line (see the module docstring for what it may contain)."""
+    access_log.info(
+        "%s %s model=%s node=%s status=%d duration_ms=%d tokens_in=%d tokens_out=%d client_gone=%s",
+        method,
+        route,
+        model,
+        node,
+        status,
+        round(duration_s * 1000),
+        tokens_in,
+        tokens_out,
+        "yes" if client_gone else "no",
+    )
 
 
 def label(value: object) -> str:
@@ -134,7 +169,8 @@ class GatewayMetrics:
 
 
 class RequestObserver:
-    """Measures one request from arrival to its last byte."""
+    """Measures one request from arrival to its last byte; `finish` records its metrics and
+    writes its access-log line, once."""
 
     def __init__(
         self,
@@ -144,10 +180,15 @@ class RequestObserver:
         endpoint: str,
         known_model: Callable[[str], str],
         clock: Callable[[], float] = time.time,
+        method: str = "POST",
+        route: str = "",
     ) -> None:
         self.metrics = metrics
         self.dialect = dialect
         self.endpoint = endpoint
+        self.method = method
+        self.route = route
+        self.client_gone = False
         self._known_model = known_model
         self._clock = clock
         self.model = "unknown"
@@ -198,6 +239,17 @@ class RequestObserver:
                 rate = (self.completion_tokens - 1) / (self.last_at - self.first_at)
                 m.decode_rate.labels(self.model, self.node).observe(rate)
         m.stats.add(Sample(self._clock(), self.model, self.completion_tokens, ttft, status >= 400))
+        log_access(
+            self.method,
+            self.route,
+            status=status,
+            duration_s=time.monotonic() - self.started,
+            model=self.model,
+            node=self.node,
+            tokens_in=self.prompt_tokens,
+            tokens_out=self.completion_tokens,
+            client_gone=self.client_gone,
+        )
 
 
 class _FleetCollector(Collector):

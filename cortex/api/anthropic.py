@@ -11,6 +11,7 @@ prompt reads alike — so client watchdogs keep waiting; upstream failures after
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from typing import Any
@@ -65,6 +66,9 @@ async def messages(request: Request) -> HTTPResponse | None:
         return None
     except CortexError as exc:
         status, code = exc.status, exc.code
+        raise
+    except asyncio.CancelledError:  # the client went away
+        observer.client_gone = True
         raise
     finally:
         observer.finish(status, code)

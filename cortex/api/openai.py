@@ -8,6 +8,7 @@ the neuron stop generating.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from typing import Any
@@ -65,9 +66,16 @@ def observe(request: Request, dialect: str, endpoint: str) -> RequestObserver:
         model_id = snapshot.resolve(name)
         return model_id if model_id in snapshot.catalogue or snapshot.slots(model_id) else "unknown"
 
-    return RequestObserver(
-        request.app.ctx.metrics, dialect=dialect, endpoint=endpoint, known_model=known
+    observer = RequestObserver(
+        request.app.ctx.metrics,
+        dialect=dialect,
+        endpoint=endpoint,
+        known_model=known,
+        method=request.method,
+        route=request.path,  # these routes have fixed paths: no client text in them
     )
+    request.ctx.observer = observer  # the app's own access-log hook then stays silent
+    return observer
 
 
 async def relay(request: Request, path: str, endpoint: str) -> HTTPResponse | None:
@@ -86,6 +94,9 @@ async def relay(request: Request, path: str, endpoint: str) -> HTTPResponse | No
         return None
     except CortexError as exc:
         status, code = exc.status, exc.code
+        raise
+    except asyncio.CancelledError:  # the client went away
+        observer.client_gone = True
         raise
     finally:
         observer.finish(status, code)

@@ -10,6 +10,7 @@ the stream has begun they are an `error` event and `response.failed`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -80,6 +81,9 @@ async def responses(request: Request) -> HTTPResponse | None:
         return None
     except CortexError as exc:
         status, code = exc.status, exc.code
+        raise
+    except asyncio.CancelledError:  # the client went away
+        observer.client_gone = True
         raise
     finally:
         observer.finish(status, code)

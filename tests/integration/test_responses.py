@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -204,3 +205,43 @@ def test_refusals_are_openai_errors(client: openai.OpenAI, fields: dict, param: 
 def test_unknown_model_is_a_404_before_any_stream(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="no-such-model", input="Hi", stream=True)
+
+
+def access_lines(cortex: CortexProcess, marker: str, since: int = 0) -> list[str]:
+    log = cortex.log_path.read_text(errors="replace")[since:]
+    return [line for line in log.splitlines() if "cortex.access:" in line and marker in line]
+
+
+def test_one_access_line_per_request_without_prompts_or_keys(
+    client: openai.OpenAI, cortex: CortexProcess
+) -> None:
+    secret = "zebra-quartz-4417"  # in the prompt, the instructions and the cache key
+    since = len(cortex.log_path.read_text(errors="replace"))
+    client.responses.create(
+        model="smol",
+        instructions=f"Mention {secret}.",
+        input=f"Say {secret}.",
+        max_output_tokens=4,
+        prompt_cache_key=secret,
+        user=secret,
+    )
+    httpx.get(cortex.url + "/v1/models/smol", headers={"x-api-key": "sk-test"})
+    with httpx.stream(  # a client that goes away mid-stream
+        "POST",
+        cortex.url + "/v1/responses",
+        json={"model": "smol", "input": f"Count {secret}.", "stream": True},
+        headers={"x-api-key": "sk-test"},
+        timeout=60,
+    ) as response:
+        next(response.iter_bytes())
+    deadline = time.monotonic() + 10
+    while not access_lines(cortex, "client_gone=yes", since) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log = cortex.log_path.read_text(errors="replace")
+    assert secret not in log and "sk-test" not in log
+    first, gone = access_lines(cortex, "POST /v1/responses", since)
+    assert "model=smol node=n1 status=200 duration_ms=" in first
+    assert "tokens_out=4 client_gone=no" in first and "tokens_in=0 " not in first
+    assert "POST /v1/responses model=smol node=" in gone and gone.endswith("client_gone=yes")
+    [listed] = access_lines(cortex, "GET /v1/models/<model_id:path>", since)
+    assert "model=- node=- status=200" in listed
