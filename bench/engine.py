@@ -108,10 +108,10 @@ def start_neuron(name: str, gguf: Path, threads: int, code: Path, engine_table: 
 def start_llama_server(binary: Path, gguf: Path, threads: int) -> Server:
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="bench-llama-server-"))
-    # Same KV pool as the neuron: n_ctx per request × parallel, unified.
+    # Same KV as the neuron: `parallel` slots of n_ctx cells each (one stream per slot).
     args = [
         str(binary), "-m", str(gguf), "--port", str(port), "--host", "127.0.0.1",
-        "-c", str(N_CTX * PARALLEL), "-np", str(PARALLEL), "-kvu",
+        "-c", str(N_CTX * PARALLEL), "-np", str(PARALLEL), "-no-kvu",
         "-t", str(threads), "-tb", str(threads), "-b", "512", "-ub", "512",
     ]  # fmt: skip
     proc = subprocess.Popen(args, stdout=(workdir / "log").open("wb"), stderr=subprocess.STDOUT)
@@ -168,7 +168,10 @@ async def complete(client: httpx.AsyncClient, server: Server, prompt: str, max_t
 
 async def scenarios(server: Server) -> dict[str, float]:
     out: dict[str, float] = {}
-    async with httpx.AsyncClient(timeout=600) as client:
+    # A new connection per request, for both servers: llama-server closes idle keep-alive
+    # connections, which would otherwise surface as spurious disconnects.
+    limits = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         await complete(client, server, "Warm up:", 8)
         singles = [await complete(client, server, COUNTING[0], 128) for _ in range(3)]
         out["single_tok_s"] = statistics.median(run.decode_tok_s for run in singles)
@@ -216,6 +219,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default="smollm2-135m-instruct,gemma3-270m")
     parser.add_argument("--old-commit", default=None)
+    parser.add_argument("--servers", default="neuron,llama-server,old", help="which to run")
     parser.add_argument("--llama-server", default=str(ROOT / ".bench/llama-server/llama-server"))
     args = parser.parse_args()
     from neuron.sources import resolve_source
@@ -234,6 +238,9 @@ def main() -> None:
             code = old_worktree(args.old_commit)
             old = partial(start_neuron, "old", gguf, args.threads, code, False)
             starters.append((f"neuron@{args.old_commit}", old))
+        wanted = set(args.servers.split(","))
+        starters = [(n, s) for n, s in starters if n.split("@")[0] in wanted or "old" in wanted
+                    and "@" in n]
         results[model] = {}
         for name, start in starters:
             server = start()

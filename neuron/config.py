@@ -36,6 +36,7 @@ class ModelSpec:
     n_gpu_layers: int | None = None
     embedding: bool = False
     parallel: int | None = None  # sequences decoded together; None = the neuron's default
+    chat_template: str | None = None  # Jinja text replacing the GGUF's own template
 
     @property
     def source_or_id(self) -> str:
@@ -161,6 +162,7 @@ def _model_specs(root: TomlTable) -> list[ModelSpec]:
                 n_gpu_layers=entry.get("n_gpu_layers", int, None),
                 embedding=entry.get("embedding", bool, False),
                 parallel=entry.get("parallel", int, None, _parallel),
+                chat_template=entry.get("chat_template", str, None),
             )
         )
         entry.finish()

@@ -222,7 +222,8 @@ class ModelManager:
         resident = self.models.get(spec.id)
         if resident is not None and resident.state is not ModelState.FAILED:
             if spec.source_or_id != resident.spec.source_or_id or (
-                spec.embedding != resident.spec.embedding
+                (spec.embedding, spec.chat_template)
+                != (resident.spec.embedding, resident.spec.chat_template)
             ):
                 raise Conflict(
                     f"model {spec.id!r} is {resident.state.value} from source "
@@ -325,6 +326,7 @@ class ModelManager:
             tensor_split=plan.tensor_split if self.gpu_offload and plan.tensor_split else None,
             n_threads=self.config.n_threads,
             embedding=spec.embedding,
+            chat_template=spec.chat_template,
         )
         return LlamaEngine(spec.id, settings)
 
@@ -413,7 +415,7 @@ def _capabilities(spec: ModelSpec, geometry: ModelGeometry) -> tuple[str, ...]:
     if spec.embedding:
         return ("embedding",)
     caps = ["completion"]
-    if geometry.chat_template:
+    if spec.chat_template or geometry.chat_template:
         caps.append("chat")
         # Tool calls are shaped by a grammar, so every chat template can make them.
         caps.append("tools")

@@ -153,6 +153,7 @@ async def load(request: Request) -> HTTPResponse:
         n_gpu_layers=n_gpu_layers,
         embedding=embedding,
         parallel=_parallel(body),
+        chat_template=_string(body, "chat_template"),
     )
     resident = await _manager(request).load(spec)
     return json({"model": spec.id, **resident.describe()})

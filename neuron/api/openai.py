@@ -29,12 +29,12 @@ from neuron.api.schema import (
     require_object,
 )
 from neuron.api.sse import DONE, SSE_HEADERS, sse_data
-from neuron.chat_template import render_chat, template_supports_tools
+from neuron.chat_template import render_chat
 from neuron.engine import Engine, EngineInfo, Finished, GenerateRequest, Grammar, Piece
 from neuron.engine.grammar import schema_grammar
 from neuron.errors import ContextLengthExceeded, EngineFailure, ModelUnavailable, NeuronError
 from neuron.manager import ModelManager, ModelState, Resident
-from neuron.toolcall import call_grammar, history_for_template, plan_tools
+from neuron.toolcall import ToolSyntax, detect_syntax, history_for_template, plan_tools
 
 bp = Blueprint("openai", url_prefix="/v1")
 
@@ -71,9 +71,17 @@ async def chat_completions(request: Request) -> HTTPResponse | None:
     ) as resident:
         engine = _engine(resident)
         _refuse_oversized(_chat_chars(req), engine.info, "messages")
-        prompt = _chat_prompt(engine.info, req, tools_active)
-        generation = _generation(req, prompt, grammar, param="messages", info=engine.info)
-        renderer = ChatRenderer(req.model, tools=tools_active, logprobs=req.logprobs is not None)
+        syntax = detect_syntax(engine.info.chat_template)
+        prompt, tool_grammar = _chat_prompt(engine.info, req, tools_active, syntax)
+        generation = _generation(
+            req, prompt, tool_grammar or grammar, param="messages", info=engine.info
+        )
+        renderer = ChatRenderer(
+            req.model,
+            tools=tools_active,
+            logprobs=req.logprobs is not None,
+            syntax=syntax if syntax.native else None,
+        )
         return await _respond(request, resident, req, generation, renderer)
 
 
@@ -123,7 +131,8 @@ async def tokenize(request: Request) -> HTTPResponse:
     req = chat_request({**body, "model": model})
     tools_active = bool(req.tools) and req.tool_choice != "none"
     if engine.info is not None and engine.info.chat_template:
-        prompt = _chat_prompt(engine.info, req, tools_active)
+        syntax = detect_syntax(engine.info.chat_template)
+        prompt, _ = _chat_prompt(engine.info, req, tools_active, syntax)
         tokens = await engine.tokenize(prompt, add_special=_add_special(engine.info, prompt))
     else:
         text = "\n".join(str(message.get("content") or "") for message in req.messages)
@@ -175,18 +184,24 @@ def _check_schemas(req: GenerationRequest, tools_active: bool) -> Grammar | None
     return Grammar(gbnf, param="response_format")
 
 
-def _chat_prompt(info: EngineInfo, req: GenerationRequest, tools_active: bool) -> str:
-    template = info.chat_template or ""
-    native = template_supports_tools(template)
-    tools = None
+def _chat_prompt(
+    info: EngineInfo, req: GenerationRequest, tools_active: bool, syntax: ToolSyntax
+) -> tuple[str, Grammar | None]:
+    """The prompt, and the grammar that shapes tool calls when tools are in play."""
+    tools = grammar = None
     if tools_active:
-        plan = plan_tools(req.messages, req.tools or [], req.tool_choice, native)
-        messages, tools = plan.messages, plan.tools_for_template
+        plan = plan_tools(req.messages, req.tools or [], req.tool_choice, syntax)
+        messages, tools, grammar = plan.messages, plan.tools_for_template, plan.grammar
     else:
-        messages = history_for_template(req.messages, native)
-    return render_chat(
-        template, messages, bos_token=info.bos_token, eos_token=info.eos_token, tools=tools
+        messages = history_for_template(req.messages, syntax)
+    prompt = render_chat(
+        info.chat_template or "",
+        messages,
+        bos_token=info.bos_token,
+        eos_token=info.eos_token,
+        tools=tools,
     )
+    return prompt, grammar
 
 
 def _add_special(info: EngineInfo, prompt: str) -> bool:
@@ -203,9 +218,6 @@ def _generation(
     info: EngineInfo | None,
 ) -> GenerateRequest:
     sampling = req.sampling
-    tools_active = bool(req.tools) and req.tool_choice != "none"
-    if tools_active:
-        grammar = call_grammar(req.tools or [], req.tool_choice)
     if grammar is not None:
         sampling = replace(sampling, grammar=grammar)
     return GenerateRequest(
@@ -252,9 +264,9 @@ async def _respond(
             while True:
                 if isinstance(item, Finished):
                     break
-                chunk = renderer.piece(item)
-                if chunk is not None:
-                    await response.send(sse_data(chunk))
+                event = renderer.piece(item)
+                if event is not None:
+                    await response.send(event)
                 item = await anext(stream)
             for chunk in renderer.closing(item):
                 await response.send(sse_data(chunk))

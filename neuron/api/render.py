@@ -9,12 +9,28 @@ report cached prompt tokens in `usage.prompt_tokens_details.cached_tokens`.
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from typing import Any
 
+from neuron.api.sse import sse_data
 from neuron.engine.types import Finished, FinishReason, Piece, TokenLogprob
-from neuron.toolcall import OPEN, parse_reply
+from neuron.toolcall import HERMES, ToolSyntax, parse_reply
+
+_SLOT = "\x00text\x00"  # placeholder for the text of a pre-rendered chunk
+
+
+class _Frame:
+    """A chunk's SSE bytes rendered once, with only the text filled in per token: the per-token
+    path of a stream is then one `json.dumps` of a string instead of a whole nested object."""
+
+    def __init__(self, chunk: dict[str, Any]) -> None:
+        before, _, after = sse_data(chunk).partition(json.dumps(_SLOT).encode())
+        self._before, self._after = before, after
+
+    def event(self, text: str) -> bytes:
+        return self._before + json.dumps(text).encode() + self._after
 
 
 def _finish_reason(finished: Finished) -> str:
@@ -47,14 +63,20 @@ def _held_back(text: str, marker: str) -> int:
 class ChatRenderer:
     """Renders one chat completion, whole or as `chat.completion.chunk`s."""
 
-    def __init__(self, model: str, *, tools: bool, logprobs: bool) -> None:
+    def __init__(
+        self, model: str, *, tools: bool, logprobs: bool, syntax: ToolSyntax | None = None
+    ) -> None:
         self.model = model
         self.tools = tools
+        # Calls are written in the template's own syntax, or in Hermes' when it has none.
+        self.syntax = syntax or HERMES
+        self._marker = self.syntax.open or '{"name"'
         self.logprobs = logprobs
         self.id = f"chatcmpl-{secrets.token_hex(12)}"
         self.created = int(time.time())
         self._text = ""
         self._sent = 0
+        self._frame = _Frame(self._chunk({"content": _SLOT}))
 
     def _chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict:
         choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None}
@@ -71,25 +93,27 @@ class ChatRenderer:
     def opening(self) -> dict[str, Any]:
         return self._chunk({"role": "assistant", "content": ""})
 
-    def piece(self, piece: Piece) -> dict[str, Any] | None:
+    def piece(self, piece: Piece) -> bytes | None:
+        """The SSE event for one piece (None when nothing may be sent yet)."""
         self._text += piece.text
-        limit = _held_back(self._text, OPEN) if self.tools else len(self._text)
+        limit = _held_back(self._text, self._marker) if self.tools else len(self._text)
         content = self._text[self._sent : limit]
         self._sent = max(self._sent, limit)
         if not content and not (self.logprobs and piece.logprobs):
             return None
+        if not self.logprobs:
+            return self._frame.event(content)
         chunk = self._chunk({"content": content})
-        if self.logprobs:
-            chunk["choices"][0]["logprobs"] = {
-                "content": [_chat_logprob(entry) for entry in piece.logprobs]
-            }
-        return chunk
+        chunk["choices"][0]["logprobs"] = {
+            "content": [_chat_logprob(entry) for entry in piece.logprobs]
+        }
+        return sse_data(chunk)
 
     def closing(self, finished: Finished) -> list[dict[str, Any]]:
         chunks = []
         finish = _finish_reason(finished)
         if self.tools:
-            reply = parse_reply(self._text)
+            reply = parse_reply(self._text, self.syntax)
             if reply.tool_calls:
                 finish = "tool_calls"
                 calls = [{"index": i, **call} for i, call in enumerate(reply.tool_calls)]
@@ -105,7 +129,7 @@ class ChatRenderer:
         message: dict[str, Any] = {"role": "assistant", "content": text}
         finish = _finish_reason(finished)
         if self.tools:
-            reply = parse_reply(text)
+            reply = parse_reply(text, self.syntax)
             if reply.tool_calls:
                 message = {
                     "role": "assistant",
@@ -151,6 +175,7 @@ class CompletionRenderer:
         self.id = f"cmpl-{secrets.token_hex(12)}"
         self.created = int(time.time())
         self._offset = len(echo)
+        self._frame = _Frame(self._body(_SLOT, None, None, "text_completion"))
 
     def _logprobs(self, entries: list[TokenLogprob]) -> dict[str, Any]:
         offsets = []
@@ -177,11 +202,14 @@ class CompletionRenderer:
     def opening(self) -> dict[str, Any] | None:
         return self._body(self.echo, None, None, "text_completion") if self.echo else None
 
-    def piece(self, piece: Piece) -> dict[str, Any] | None:
+    def piece(self, piece: Piece) -> bytes | None:
+        """The SSE event for one piece (None when it carries nothing)."""
         if not piece.text and not (self.logprobs and piece.logprobs):
             return None
-        logprobs = self._logprobs(list(piece.logprobs)) if self.logprobs else None
-        return self._body(piece.text, None, logprobs, "text_completion")
+        if not self.logprobs:
+            return self._frame.event(piece.text)
+        logprobs = self._logprobs(list(piece.logprobs))
+        return sse_data(self._body(piece.text, None, logprobs, "text_completion"))
 
     def closing(self, finished: Finished) -> list[dict[str, Any]]:
         body = self._body("", _finish_reason(finished), None, "text_completion")

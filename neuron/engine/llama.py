@@ -92,6 +92,7 @@ class LlamaSettings:
     n_threads: int | None = None
     embedding: bool = False
     n_batch: int = 512
+    chat_template: str | None = None  # replaces the GGUF's own template when set
 
     @property
     def kv_cells(self) -> int:
@@ -131,9 +132,11 @@ class _Generation:
     sampler: SamplerChain | None = None
     assembler: TextAssembler | None = None
 
-    def emit(self, item: Any) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
-            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+
+def _deliver(items: list[tuple[_Generation, Any]]) -> None:
+    """On the event loop: hand each item to its generation's queue."""
+    for generation, item in items:
+        generation.out.put_nowait(item)
 
 
 @dataclass
@@ -169,6 +172,9 @@ class LlamaEngine:
         self._batch: Any = None
         self._vocab: Any = None
         self._piece_buffer = ctypes.create_string_buffer(256)
+        # Items for consumers, handed to their event loops once per step: one wake-up of a loop
+        # per step instead of one per token and stream.
+        self._outbox: list[tuple[_Generation, Any]] = []
 
     # -- loop side ---------------------------------------------------------------------------
 
@@ -275,6 +281,7 @@ class LlamaEngine:
         except BaseException:
             log.exception("engine %s failed", self.model_id)
             self._fail_all(EngineFailure("the engine failed; see the neuron's log"))
+            self._flush()
         finally:
             self._free_native()
 
@@ -302,7 +309,10 @@ class LlamaEngine:
             self._ctx = self._new_context(llama_cpp.LLAMA_POOLING_TYPE_MEAN)
         self._batch = llama_cpp.llama_batch_init(llama_cpp.llama_n_batch(self._ctx), 0, 1)
         self._seqs = [_Sequence(seq_id) for seq_id in range(s.n_seq_max)]
+        self._warm_up()
         template = llama_cpp.llama_model_chat_template(self._model, None)
+        if s.chat_template:
+            template = s.chat_template.encode()
         self.info = EngineInfo(
             n_ctx=s.n_ctx,
             n_ctx_train=llama_cpp.llama_model_n_ctx_train(self._model),
@@ -314,6 +324,20 @@ class LlamaEngine:
             bos_token=self._special_text(llama_cpp.llama_vocab_bos(self._vocab)),
             eos_token=self._special_text(llama_cpp.llama_vocab_eos(self._vocab)),
         )
+
+    def _warm_up(self) -> None:
+        """Decode one token and forget it, as llama-server does: the first real request then
+        does not pay for faulting the weights in and setting up the compute graph."""
+        batch = self._batch
+        token = llama_cpp.llama_vocab_bos(self._vocab)
+        batch.token[0] = token if token >= 0 else 0
+        batch.pos[0] = 0
+        batch.n_seq_id[0] = 1
+        batch.seq_id[0][0] = 0
+        batch.logits[0] = 1
+        batch.n_tokens = 1
+        llama_cpp.llama_decode(self._ctx, batch)
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
 
     def _new_context(self, pooling: int) -> Any:
         s = self.settings
@@ -362,7 +386,7 @@ class LlamaEngine:
 
     def _fail_all(self, error: NeuronError) -> None:
         for generation in [*self._active, *self._waiting]:
-            generation.emit(error)
+            self._emit(generation, error)
         self._active.clear()
         self._waiting.clear()
         while True:
@@ -371,11 +395,25 @@ class LlamaEngine:
             except queue.Empty:
                 return
             if isinstance(command, _Generation):
-                command.emit(error)
+                self._emit(command, error)
             elif isinstance(command, _Job):
                 command.future.set_exception(error)
 
     # -- scheduler thread: the step ------------------------------------------------------------
+
+    def _emit(self, generation: _Generation, item: Any) -> None:
+        self._outbox.append((generation, item))
+
+    def _flush(self) -> None:
+        if not self._outbox:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Generation, Any]]] = {}
+        for generation, item in self._outbox:
+            by_loop.setdefault(generation.loop, []).append((generation, item))
+        self._outbox = []
+        for loop, items in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody is listening
+                loop.call_soon_threadsafe(_deliver, items)
 
     def _serve_once(self) -> bool:
         idle = not self._active and not self._waiting
@@ -386,6 +424,7 @@ class LlamaEngine:
         while command is not None:
             if command is _STOP:
                 self._fail_all(ModelUnavailable(f"model {self.model_id!r} unloaded", retry_after=5))
+                self._flush()
                 return False
             self._accept(command)
             try:
@@ -397,6 +436,7 @@ class LlamaEngine:
         self._admit()
         if self._active:
             self._step()
+        self._flush()
         return True
 
     def _accept(self, command: Any) -> None:
@@ -419,7 +459,7 @@ class LlamaEngine:
                     self._prepare(generation)
                 except NeuronError as exc:
                     self._waiting.popleft()
-                    generation.emit(exc)
+                    self._emit(generation, exc)
                     continue
             views = [CachedSequence(s.seq_id, s.tokens, s.last_used, s.busy) for s in self._seqs]
             assert generation.tokens is not None
@@ -434,7 +474,7 @@ class LlamaEngine:
                     self.info.n_vocab,  # type: ignore[union-attr]
                 )
             except NeuronError as exc:
-                generation.emit(exc)
+                self._emit(generation, exc)
                 continue
             self._take(generation, reuse)
             self._active.append(generation)
@@ -537,12 +577,13 @@ class LlamaEngine:
             # limit): the youngest request gives way so that the others can go on.
             victim = max(self._active, key=lambda g: g.admitted)
             self._release(victim, clear=True)
-            victim.emit(ModelUnavailable("the model's context is full; retry", retry_after=2))
+            full = ModelUnavailable("the model's context is full; retry", retry_after=2)
+            self._emit(victim, full)
             return
         error = EngineFailure(f"llama_decode failed ({result})")
         for generation in list(self._active):
             self._release(generation, clear=True)
-            generation.emit(error)
+            self._emit(generation, error)
 
     def _sample(self, generation: _Generation, row: int) -> None:
         assert generation.sampler is not None and generation.assembler is not None
@@ -564,7 +605,7 @@ class LlamaEngine:
             logprobs = (token_logprob(logits, token, generation.request.logprobs, self._piece),)
         text = generation.assembler.feed(self._piece(token))
         if text or logprobs:
-            generation.emit(Piece(text, logprobs))
+            self._emit(generation, Piece(text, logprobs))
         if generation.assembler.stopped is not None:
             self._finish(generation, FinishReason.STOP)
         elif generation.completion_tokens >= generation.max_tokens:
@@ -577,7 +618,7 @@ class LlamaEngine:
         assert assembler is not None and generation.tokens is not None
         tail = assembler.flush()
         if tail:
-            generation.emit(Piece(tail))
+            self._emit(generation, Piece(tail))
         first = generation.first_token_at or time.perf_counter()
         usage = Usage(
             prompt_tokens=len(generation.tokens),
@@ -588,7 +629,7 @@ class LlamaEngine:
             decode_s=(generation.last_token_at or first) - first,
         )
         self._release(generation, clear=False)
-        generation.emit(Finished(reason, usage, assembler.stopped, assembler.text))
+        self._emit(generation, Finished(reason, usage, assembler.stopped, assembler.text))
 
     def _release(self, generation: _Generation, *, clear: bool) -> None:
         if generation.sampler is not None:

@@ -121,6 +121,7 @@ def test_disabled_settings_load_when_switched_on(tmp_path: Path) -> None:
             n_gpu_layers=-1,
             embedding=False,
             parallel=4,
+            chat_template="{% for m in messages %}…{% endfor %}",
         ),
     )
     assert neuron.parallel == 4 and neuron.admission.max_in_flight == 4
