@@ -239,8 +239,10 @@ def main() -> None:
             old = partial(start_neuron, "old", gguf, args.threads, code, False)
             starters.append((f"neuron@{args.old_commit}", old))
         wanted = set(args.servers.split(","))
-        starters = [(n, s) for n, s in starters if n.split("@")[0] in wanted or "old" in wanted
-                    and "@" in n]
+        # "old" selects the earlier commit's neuron, whose name is neuron@<commit>
+        starters = [
+            (name, start) for name, start in starters if ("old" if "@" in name else name) in wanted
+        ]
         results[model] = {}
         for name, start in starters:
             server = start()
