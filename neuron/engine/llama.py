@@ -1,19 +1,16 @@
 """`LlamaEngine`: one loaded model, many requests at once, on llama.cpp's low-level API.
 
-One llama.cpp context per model holds `parallel` KV sequences of `n_ctx` cells each, one stream
-per sequence (not a unified pool: in a unified pool every decode attends over the high-water mark
-of all cells, cached conversations included, while a stream attends over its own tokens only).
-A sequence whose request finished keeps its KV as a prefix cache until another request takes it.
-One scheduler thread owns the model, the context, the batch and every sampler; nothing else
-calls into llama.cpp. Each step it:
+One llama.cpp context per model holds a unified KV pool of `n_ctx × parallel` cells shared by
+`2 × parallel` sequences: `parallel` of them generate at once, and the rest keep the KV of
+finished requests as a prefix cache. One scheduler thread owns the model, the context, the batch
+and every sampler; nothing else calls into llama.cpp. Each step it:
 
 1. takes new commands (generations, one-shot jobs such as tokenize/embed, stop),
 2. finishes cancelled generations (their evaluated prefix stays cached),
 3. admits waiting generations into free sequences, reusing the longest cached prefix
-   (`prefix.choose_sequence`): the tail after it is trimmed, or the source stream is copied
-   (llama.cpp copies whole streams) and then trimmed,
+   (`prefix.choose_sequence`) and trimming or copying KV accordingly,
 4. builds one batch — one token per generating sequence plus chunked prefill
-   (`batching.plan_batch`),
+   (`batching.plan_batch`) — making room by dropping cached sequences LRU first,
 5. decodes once and samples every sequence that wanted logits with its own sampler chain.
 
 Tokens reach the event loop through `loop.call_soon_threadsafe`; a consumer that stops reading
@@ -42,7 +39,7 @@ import numpy as np
 
 from neuron.engine.batching import SequenceNeed, plan_batch
 from neuron.engine.memory import return_freed_memory
-from neuron.engine.prefix import CachedSequence, Reuse, choose_sequence
+from neuron.engine.prefix import CachedSequence, Reuse, cells_to_free, choose_sequence
 from neuron.engine.sampler import SamplerChain, token_logprob
 from neuron.engine.text import TextAssembler
 from neuron.engine.types import (
@@ -100,7 +97,9 @@ class LlamaSettings:
 
     @property
     def n_seq_max(self) -> int:
-        return min(self.parallel, _MAX_SEQUENCES)
+        if self.embedding:
+            return min(self.parallel, _MAX_SEQUENCES)
+        return min(2 * self.parallel, _MAX_SEQUENCES)
 
 
 @dataclass
@@ -342,14 +341,14 @@ class LlamaEngine:
     def _new_context(self, pooling: int) -> Any:
         s = self.settings
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = s.kv_cells  # split evenly: n_ctx cells per sequence's stream
+        params.n_ctx = s.kv_cells
         params.n_seq_max = s.n_seq_max
-        # Generation: a stream per sequence. Embeddings: one pool, cleared after every batch
-        # (llama.cpp pools multi-sequence batches correctly only in a unified cache).
-        params.kv_unified = s.embedding
-        params.swa_full = (
-            True  # keep every position of sliding-window layers: prefixes stay reusable
-        )
+        # One unified pool: llama.cpp batches sequences of one stream into one pass, while
+        # separate streams (kv_unified off) were measured to decode no faster together than
+        # alone on the CPU. Masked cells of other sequences cost little with flash attention.
+        params.kv_unified = True
+        # Keep every position of sliding-window layers, so that cached prefixes stay reusable.
+        params.swa_full = True
         params.no_perf = True
         cores = multiprocessing.cpu_count()
         params.n_threads = s.n_threads or max(cores // 2, 1)
@@ -503,11 +502,11 @@ class LlamaEngine:
         seq = self._seqs[reuse.seq_id]
         keep = reuse.keep
         if reuse.copy_from is not None:
-            # Streams are copied whole (at the next decode); the copy's tail is then trimmed.
+            llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, -1, -1)
             source = self._seqs[reuse.copy_from]
-            llama_cpp.llama_memory_seq_cp(memory, source.seq_id, seq.seq_id, -1, -1)
-            seq.tokens = list(source.tokens)
-        if not llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, keep, -1):
+            llama_cpp.llama_memory_seq_cp(memory, source.seq_id, seq.seq_id, 0, keep)
+            seq.tokens = source.tokens[:keep]
+        elif not llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, keep, -1):
             # Recurrent and hybrid memories cannot drop a tail: start the sequence afresh.
             llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, -1, -1)
             keep = 0
@@ -529,6 +528,8 @@ class LlamaEngine:
             for seq_id, g in by_seq.items()
         ]
         slices = plan_batch(needs, self.settings.n_batch)
+        total = sum(piece.count for piece in slices)
+        self._make_room(total, frozenset(by_seq))
         batch = self._batch
         row = 0
         fed: list[tuple[_Generation, list[int], bool]] = []
@@ -554,6 +555,9 @@ class LlamaEngine:
             fed.append((generation, tokens, piece.prefill))
         batch.n_tokens = row
         result = llama_cpp.llama_decode(self._ctx, batch)
+        if result == 1:  # no room in the KV pool: drop every cached prefix and try once more
+            self._make_room(self.settings.kv_cells, frozenset(by_seq))
+            result = llama_cpp.llama_decode(self._ctx, batch)
         if result != 0:
             self._decode_failed(result)
             return
@@ -571,10 +575,17 @@ class LlamaEngine:
         for generation, index in sample_rows:
             self._sample(generation, index)
 
+    def _make_room(self, need: int, exclude: frozenset[int]) -> None:
+        views = [CachedSequence(s.seq_id, s.tokens, s.last_used, s.busy) for s in self._seqs]
+        free = self.settings.kv_cells - sum(len(s.tokens) for s in self._seqs)
+        memory = llama_cpp.llama_get_memory(self._ctx)
+        for seq_id in cells_to_free(views, need=need, free=free, exclude=exclude):
+            llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
+            self._seqs[seq_id].tokens = []
+
     def _decode_failed(self, result: int) -> None:
         if result == 1 and len(self._active) > 1:
-            # No KV room (a request never outgrows its stream, so this is llama.cpp's own
-            # limit): the youngest request gives way so that the others can go on.
+            # Still no room: the youngest request gives way so that the others can go on.
             victim = max(self._active, key=lambda g: g.admitted)
             self._release(victim, clear=True)
             full = ModelUnavailable("the model's context is full; retry", retry_after=2)

@@ -1,8 +1,8 @@
 """Prefix cache policy: which KV sequence a new request takes, and what cached KV gives way.
 
 Pure: plain token lists in, a decision out; `LlamaEngine` carries it out with llama.cpp's
-memory calls (`seq_rm` to trim, `seq_cp` to share a prefix: each sequence has its own KV stream,
-so a copy duplicates the source stream and then trims it).
+memory calls (`seq_rm` to trim, `seq_cp` to share a prefix). The KV pool is unified, so a copied
+prefix shares cells with its source instead of duplicating them.
 
 Rules, in order:
 * A request never takes a sequence that is generating.
@@ -12,6 +12,7 @@ Rules, in order:
   (a conversation continuing). Otherwise the shared prefix is copied into another idle sequence,
   so that the conversation cached there survives (two conversations sharing a system prompt).
 * Target sequences are chosen empty first, then least recently used.
+* When live requests need cells, idle sequences give way least recently used first.
 """
 
 from __future__ import annotations
@@ -83,3 +84,25 @@ def choose_sequence(
     if not others:
         return Reuse(best.seq_id, best_len)  # best is the only idle one: trim it in place
     return Reuse(_victim(others).seq_id, best_len, copy_from=best.seq_id)
+
+
+def cells_to_free(
+    sequences: Sequence[CachedSequence], *, need: int, free: int, exclude: frozenset[int]
+) -> list[int]:
+    """Idle sequences to clear (least recently used first) so that `need` cells fit in `free`.
+
+    Sequences in `exclude` (the ones this step writes to) are never chosen. Returns as many as
+    exist when even clearing all of them would not be enough; the caller then lets llama.cpp
+    decide.
+    """
+    victims = []
+    candidates = sorted(
+        (seq for seq in sequences if not seq.busy and seq.tokens and seq.seq_id not in exclude),
+        key=lambda seq: seq.last_used,
+    )
+    for seq in candidates:
+        if free >= need:
+            break
+        victims.append(seq.seq_id)
+        free += len(seq.tokens)
+    return victims

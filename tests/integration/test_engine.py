@@ -97,7 +97,6 @@ async def test_a_request_arriving_during_long_generations_streams_before_they_en
     for _, finished, times in results:
         assert finished.usage.completion_tokens == 160
         assert short_times[0] < times[-1]  # it did not wait for them to finish
-    assert short_done.usage.queued_s < 0.5
 
 
 async def test_a_cancelled_stream_frees_its_slot(engine: LlamaEngine) -> None:

@@ -9,6 +9,7 @@ from neuron.engine.prefix import (
     KEEP_TAIL_TOKENS,
     CachedSequence,
     Reuse,
+    cells_to_free,
     choose_sequence,
     common_prefix,
 )
@@ -126,6 +127,19 @@ def test_choose_sequence(
 )
 def test_common_prefix(a: list[int], b: list[int], length: int) -> None:
     assert common_prefix(a, b) == common_prefix(b, a) == length
+
+
+def test_cached_sequences_give_way_least_recently_used_first() -> None:
+    sequences = [
+        seq(0, [1] * 100, last_used=3.0),
+        seq(1, [1] * 100, last_used=1.0),
+        seq(2, [1] * 100, last_used=2.0),
+        seq(3, [1] * 100, busy=True),
+        seq(4, [1] * 100, last_used=0.5),  # written by this step: never a victim
+    ]
+    assert cells_to_free(sequences, need=150, free=0, exclude=frozenset({4})) == [1, 2]
+    assert cells_to_free(sequences, need=10, free=10, exclude=frozenset()) == []
+    assert cells_to_free(sequences, need=10_000, free=0, exclude=frozenset({4})) == [1, 2, 0]
 
 
 @pytest.mark.parametrize(
