@@ -95,15 +95,16 @@ class Prober(threading.Thread):
 def freeze_mid_stream(
     cortex: CortexProcess, neuron: NeuronProcess, path: str, body: dict
 ) -> tuple[list[str], float]:
-    """Stream `body`, SIGSTOP the neuron after five events; the events and how long the stream
-    took to end after the freeze."""
+    """Stream `body`, SIGSTOP the neuron after five events (pings aside: they come from the
+    gateway, also before the neuron answers); the events and how long the stream took to end
+    after the freeze."""
     events: list[str] = []
     frozen_at = 0.0
     prober = Prober(cortex.url)
     with httpx.stream("POST", cortex.url + path, json=body, timeout=30) as response:
         assert response.status_code == 200
         for line in response.iter_lines():
-            if not line.startswith("data: "):
+            if not line.startswith("data: ") or line == 'data: {"type":"ping"}':
                 continue
             events.append(line[6:])
             if len(events) == 5:
