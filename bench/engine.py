@@ -108,10 +108,10 @@ def start_neuron(name: str, gguf: Path, threads: int, code: Path, engine_table: 
 def start_llama_server(binary: Path, gguf: Path, threads: int) -> Server:
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="bench-llama-server-"))
-    # Same KV as the neuron: `parallel` slots of n_ctx cells each (one stream per slot).
+    # Same KV as the neuron: one unified pool of n_ctx × parallel cells.
     args = [
         str(binary), "-m", str(gguf), "--port", str(port), "--host", "127.0.0.1",
-        "-c", str(N_CTX * PARALLEL), "-np", str(PARALLEL), "-no-kvu",
+        "-c", str(N_CTX * PARALLEL), "-np", str(PARALLEL), "-kvu",
         "-t", str(threads), "-tb", str(threads), "-b", "512", "-ub", "512",
     ]  # fmt: skip
     proc = subprocess.Popen(args, stdout=(workdir / "log").open("wb"), stderr=subprocess.STDOUT)

@@ -694,3 +694,41 @@ def test_unusable_json_schemas_are_400_and_the_neuron_survives(
     assert error["param"] == param and error["code"] == "invalid_schema"
     assert neuron.proc.poll() is None
     assert_still_serving(neuron)
+
+
+def test_json_schema_output_parses_and_validates(client: openai.OpenAI) -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 30},
+            "age": {"type": "integer", "minimum": 0, "maximum": 150},
+            "role": {"enum": ["admin", "user"]},
+        },
+        "required": ["name", "age", "role"],
+        "additionalProperties": False,
+    }
+    reply = client.chat.completions.create(
+        model="smol",
+        messages=[{"role": "user", "content": "Describe a user called Ann, aged 31, as JSON."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "user", "schema": schema}},
+        max_tokens=200,
+        temperature=0.7,
+        seed=3,
+    )
+    assert reply.choices[0].finish_reason == "stop", reply.choices[0].message.content
+    value = json.loads(reply.choices[0].message.content)
+    assert set(value) == {"name", "age", "role"}
+    assert isinstance(value["name"], str) and len(value["name"]) <= 30
+    assert isinstance(value["age"], int) and 0 <= value["age"] <= 150
+    assert value["role"] in ("admin", "user")
+    anything = client.chat.completions.create(
+        model="smol",
+        messages=[{"role": "user", "content": "Describe a user called Ann, aged 31, as JSON."}],
+        response_format={"type": "json_object"},
+        max_tokens=200,
+        temperature=0.7,
+        seed=3,
+    )
+    assert anything.choices[0].finish_reason == "stop", anything.choices[0].message.content
+    assert anything.choices[0].message.content.lstrip().startswith("{")
+    assert isinstance(json.loads(anything.choices[0].message.content), dict)
