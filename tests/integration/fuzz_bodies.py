@@ -20,7 +20,8 @@ COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"
 MESSAGES = "/v1/messages"
 COUNT = "/v1/messages/count_tokens"
-ROUTES = (CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, COUNT)
+RESPONSES = "/v1/responses"
+ROUTES = (CHAT, COMPLETIONS, EMBEDDINGS, MESSAGES, COUNT, RESPONSES)
 USER_HI = [{"role": "user", "content": "hi"}]
 VALID: dict[str, dict[str, Any]] = {
     CHAT: {"model": "stub", "messages": USER_HI},
@@ -28,6 +29,7 @@ VALID: dict[str, dict[str, Any]] = {
     EMBEDDINGS: {"model": "stub", "input": "hi"},
     MESSAGES: {"model": "stub", "max_tokens": 8, "messages": USER_HI},
     COUNT: {"model": "stub", "messages": USER_HI},
+    RESPONSES: {"model": "stub", "input": "hi"},
 }
 # Just over the fuzz gateway's max_body_mb = 1: always a 413.
 ENORMOUS = "x" * (1024 * 1024 + 1)
@@ -196,6 +198,29 @@ ANTHROPIC_MESSAGE = _object(
     {},
 )
 ANTHROPIC_TOOL = _object({"name": TEXT, "input_schema": SCHEMAS}, {"description": TEXT})
+RESPONSES_PART = _object(
+    {"type": st.sampled_from(["input_text", "output_text", "input_image", "refusal", "x"])},
+    {"text": TEXT, "image_url": TEXT, "refusal": TEXT},
+)
+RESPONSES_ITEM = _object(
+    {
+        "type": st.sampled_from(
+            ["message", "function_call", "function_call_output", "reasoning", "item_reference"]
+        )
+    },
+    {
+        "role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]),
+        "content": st.one_of(TEXT, st.lists(RESPONSES_PART, max_size=2)),
+        "call_id": TEXT,
+        "name": TEXT,
+        "arguments": TEXT,
+        "output": st.one_of(TEXT, st.lists(VALUES, max_size=2)),
+    },
+)
+RESPONSES_TOOL = _object(
+    {"type": st.sampled_from(["function", "function", "web_search", "custom"]), "name": TEXT},
+    {"parameters": SCHEMAS, "description": TEXT, "strict": st.booleans()},
+)
 
 COMMON = {
     "model": st.sampled_from(["stub", "stub", "stub-alias", "cold", "nope"]),
@@ -259,6 +284,33 @@ FIELDS: dict[str, dict[str, st.SearchStrategy]] = {
             {"format": _object({"type": st.just("json_schema"), "schema": SCHEMAS}, {})}, {}
         ),
     },
+}
+FIELDS[RESPONSES] = {
+    **COMMON,
+    "input": st.one_of(TEXT, st.lists(RESPONSES_ITEM, max_size=3)),
+    "instructions": TEXT,
+    "tools": st.lists(RESPONSES_TOOL, max_size=2),
+    "tool_choice": st.one_of(
+        st.sampled_from(["auto", "none", "required", "x"]),
+        _object({"type": st.sampled_from(["function", "web_search"])}, {"name": TEXT}),
+    ),
+    "max_output_tokens": NUMBERS,
+    "text": _object(
+        {},
+        {
+            "format": _object(
+                {"type": st.sampled_from(["text", "json_schema", "json_object", "xml"])},
+                {"schema": SCHEMAS, "name": TEXT, "strict": st.booleans()},
+            )
+        },
+    ),
+    "reasoning": VALUES,
+    "store": st.booleans(),
+    "previous_response_id": TEXT,
+    "prompt_cache_key": TEXT,
+    "user": TEXT,
+    "parallel_tool_calls": st.booleans(),
+    "background": st.booleans(),
 }
 FIELDS[COUNT] = {k: v for k, v in FIELDS[MESSAGES].items() if k not in ("max_tokens", "stream")}
 

@@ -1,8 +1,8 @@
-"""Fuzzing every public gateway route, in both dialects, with generated hostile requests.
+"""Fuzzing every public gateway route, in every dialect, with generated hostile requests.
 
 A real gateway in front of the stub neuron (`bench/stub_upstream.py`), so that a body which
 passes validation is answered at once instead of running inference. Hypothesis runs
-derandomized (the same requests every run): `EXAMPLES` bodies per inference route (five routes,
+derandomized (the same requests every run): `EXAMPLES` bodies per inference route (six routes,
 bodies from `fuzz_bodies`, sent with assorted content types), then fuzzed model ids on
 /v1/models/<id> and wrong methods everywhere. For every answer: no 5xx, the route's error
 envelope on a 4xx, no traceback text, an answer within the client timeout (no hang), a complete
@@ -23,10 +23,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import CortexProcess
-from tests.integration.fuzz_bodies import CONTENT_TYPES, MESSAGES, ROUTES, VALID, bodies, encode
+from tests.integration.fuzz_bodies import (
+    CONTENT_TYPES,
+    MESSAGES,
+    RESPONSES,
+    ROUTES,
+    VALID,
+    bodies,
+    encode,
+)
 from tests.integration.stub_gateway import stub_gateway
 
-EXAMPLES = 220  # per inference route: 1100 bodies
+EXAMPLES = 220  # per inference route: 1320 bodies
 CLIENT_TIMEOUT_S = 10.0
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -70,6 +78,9 @@ def check(response: httpx.Response, path: str) -> None:
         data = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
         if anthropic:
             assert json.loads(data[-1])["type"] in ("message_stop", "error"), data[-3:]
+        elif path == RESPONSES:
+            last = json.loads(data[-1])["type"]
+            assert last in ("response.completed", "response.incomplete", "response.failed")
         else:
             assert data[-1] == "[DONE]", data[-3:]
     else:
