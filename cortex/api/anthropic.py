@@ -126,7 +126,8 @@ async def _stream(
     """Relay as Anthropic events; returns the status and error code to record."""
     target = dispatcher.ready(model)  # unknown model / no capacity: an HTTP error, not a stream
     # On a ready replica the prompt is counted first (quick), so message_start carries it;
-    # during a cold load message_start goes out at once and message_delta carries the count.
+    # during a cold load (or when counting takes longer than a keep-alive interval)
+    # message_start goes out at once and message_delta carries the count.
     input_tokens = None if target is None else await _input_tokens(dispatcher, target, openai_body)
     translator = StreamTranslator(
         model=model,
@@ -145,9 +146,14 @@ async def _input_tokens(
     counted = {"model": target.model_id, "messages": openai_body["messages"]}
     if openai_body.get("tools"):
         counted["tools"] = openai_body["tools"]
+    # Bounded by one keep-alive interval: a neuron too busy to count at once must not hold
+    # back message_start, which is what keeps the client's watchdog waiting.
     try:
-        return await dispatcher.clients[target.node].tokenize(counted)
-    except CortexError:
+        return await asyncio.wait_for(
+            dispatcher.clients[target.node].tokenize(counted),
+            dispatcher.config.keepalive_interval_s,
+        )
+    except (CortexError, TimeoutError):
         return None  # message_delta carries the count at the end anyway
 
 

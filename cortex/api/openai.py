@@ -1,7 +1,9 @@
 """OpenAI routes of the gateway: the catalogue, and the three inference routes proxied to neurons.
 
 Non-streaming answers are relayed as the neuron sent them. Streams are relayed chunk by chunk
-as they arrive (no buffering); while a cold load runs the client gets SSE keep-alive comments.
+as they arrive (no buffering); when the neuron has not answered within one keep-alive interval
+(a cold load, its queue, a long prompt read) the client gets headers and SSE keep-alive
+comments until it does.
 A client that disconnects cancels this handler, which closes the upstream stream, which makes
 the neuron stop generating.
 """
@@ -148,8 +150,14 @@ async def _relay_stream(
             )
         await response.send(sse.KEEPALIVE)
 
+    # Headers and keep-alives start after one keep-alive interval without an answer (a cold
+    # load, a queue, a long prompt read): an error the neuron answers at once (429 when its
+    # queue is full, 400) stays an HTTP status that clients can act on and retry.
+    opening = dispatcher.open(model, path, body, raw_body)
     try:
-        exchange: Exchange = await dispatcher.open(model, path, body, raw_body, waiting=keep_alive)
+        exchange: Exchange = await sse.with_keepalives(
+            opening, keep_alive, dispatcher.config.keepalive_interval_s
+        )
     except CortexError as exc:
         if response is None:
             raise

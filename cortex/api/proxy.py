@@ -4,8 +4,9 @@
 no body read yet; the caller reads the body through the exchange (`chunks`, `lines`, `read`) and
 closes it. Rules:
 * A ready replica is used at once; otherwise the request joins the model's single-flight cold
-  load, waiting at most `cold_load_timeout_s`. While it waits, `waiting()` is called every
-  `keepalive_interval_s` so a streaming caller can keep its client's connection alive.
+  load, waiting at most `cold_load_timeout_s`. Keeping a streaming client's connection alive
+  meanwhile (and while the neuron queues or reads the prompt) is the caller's, with
+  `sse.with_keepalives` around `open`.
 * A neuron that cannot be reached before the first byte is marked down and the request is tried
   once more elsewhere; a draining neuron (503 `draining`) is likewise skipped. A neuron that
   answers 404 `model_not_found` for a model the last poll said it holds (it restarted or
@@ -26,7 +27,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,7 +36,6 @@ import httpx
 from cortex.config import GatewayConfig
 from cortex.errors import (
     CortexError,
-    LoadTimeout,
     NodeUnavailable,
     UpstreamError,
     UpstreamTimeout,
@@ -45,7 +45,6 @@ from cortex.fleet.scheduler import Scheduler, Target
 from cortex.nodes.client import NeuronClient
 from cortex.nodes.poller import Poller
 
-Waiting = Callable[[], Awaitable[None]]
 _JSON = {"Content-Type": "application/json"}
 
 
@@ -135,8 +134,6 @@ class Dispatcher:
         path: str,
         body: dict[str, Any],
         raw: bytes,
-        *,
-        waiting: Waiting | None = None,
     ) -> Exchange:
         exclude: frozenset[str] = frozenset()
         repolled = False
@@ -145,7 +142,7 @@ class Dispatcher:
             cold_started = time.monotonic()
             cold_load_s = 0.0
             if target is None:
-                target = await self._wait_for_load(requested, exclude, waiting)
+                target = await self._wait_for_load(requested, exclude)
                 cold_load_s = time.monotonic() - cold_started
             payload = raw
             if body.get("model") != target.model_id:  # an alias: the neuron knows the real id
@@ -209,11 +206,11 @@ class Dispatcher:
         handler can refuse with an HTTP status before it starts its stream."""
         return self.scheduler.route_now(requested)
 
-    async def target(self, requested: str, waiting: Waiting | None = None) -> Target:
+    async def target(self, requested: str) -> Target:
         """A ready replica of `requested`, cold-loading it if needed, without opening a request."""
         target = self.scheduler.route_now(requested)
         if target is None:
-            target = await self._wait_for_load(requested, frozenset(), waiting)
+            target = await self._wait_for_load(requested, frozenset())
         return target
 
     async def tokenize(self, requested: str, body: dict[str, Any]) -> int:
@@ -238,27 +235,10 @@ class Dispatcher:
         """The neuron broke off mid-response: take it out of routing until it polls well."""
         self.poller.mark_down(node, why)
 
-    async def _wait_for_load(
-        self, requested: str, exclude: frozenset[str], waiting: Waiting | None
-    ) -> Target:
+    async def _wait_for_load(self, requested: str, exclude: frozenset[str]) -> Target:
         task = self.scheduler.loading(requested, exclude)
         deadline = time.monotonic() + self.config.cold_load_timeout_s
-        if waiting is None:
-            return await self.scheduler.wait_loaded(task, deadline)
-        while True:
-            await waiting()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise LoadTimeout(
-                    f"the model did not load within {self.config.cold_load_timeout_s:g}s",
-                    retry_after=30,
-                )
-            try:
-                return await asyncio.wait_for(
-                    asyncio.shield(task), min(self.config.keepalive_interval_s, remaining)
-                )
-            except TimeoutError:
-                continue
+        return await self.scheduler.wait_loaded(task, deadline)
 
 
 def _is_stale(exc: UpstreamError) -> bool:

@@ -116,3 +116,50 @@ def test_a_frozen_neuron_is_a_504_after_the_first_byte_timeout(
     else:
         assert body["error"]["code"] == "upstream_timeout"
     wait_until_up(gateway)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/completions", {**CHAT, "stream": True}),
+        ("/v1/messages", {**CHAT, "stream": True}),
+        ("/v1/responses", {"model": "stub", "input": "hi", "stream": True}),
+    ],
+)
+def test_a_stream_keeps_its_client_waiting_while_the_neuron_is_silent(
+    gateway: CortexProcess, slow_stub: StubNeuron, path: str, body: dict
+) -> None:
+    """Headers and keep-alives (or the dialect's opening events and pings) reach the client
+    while the neuron has not begun its answer — as while it queues or reads a long prompt —
+    and the first-byte timeout ends the stream with the dialect's error."""
+    wait_until_up(gateway)
+    os.kill(slow_stub.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with httpx.stream("POST", gateway.url + path, json=body, timeout=10) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/event-stream")
+            lines: list[str] = []
+            for line in response.iter_lines():
+                if not lines:
+                    first_after = time.monotonic() - started
+                lines.append(line)
+    finally:
+        os.kill(slow_stub.proc.pid, signal.SIGCONT)
+    assert first_after < FIRST_BYTE_S / 2  # long before the neuron's first byte is due
+    first, raw = lines[0], "\n".join(lines)
+    data = [json.loads(line[6:]) for line in lines if line.startswith("data: {")]
+    if path == "/v1/chat/completions":
+        assert first == ": keep-alive" and raw.count(": keep-alive") >= 2
+        assert data[-1]["error"]["code"] == "upstream_timeout" and raw.rstrip().endswith(
+            "data: [DONE]"
+        )
+    elif path == "/v1/messages":
+        assert first == "event: message_start"
+        assert [d["type"] for d in data].count("ping") >= 2
+        assert data[-1]["type"] == "error" and data[-1]["error"]["type"] == "api_error"
+    else:
+        assert first == "event: response.created" and raw.count(": keep-alive") >= 2
+        assert [d["type"] for d in data[-2:]] == ["error", "response.failed"]
+        assert data[-2]["code"] == "upstream_timeout"
+    wait_until_up(gateway)
