@@ -71,8 +71,8 @@ async def with_keepalives(
 ) -> T:
     """The result of `work`, calling `beat()` every `interval` seconds until it is there.
 
-    If the caller is cancelled (the client went away), `work` is cancelled too; an `Exchange` it
-    already opened is closed, so the neuron stops."""
+    If the caller is cancelled (the client went away) or `beat` fails (its connection broke),
+    `work` is cancelled too; an `Exchange` it already opened is closed, so the neuron stops."""
     task = asyncio.ensure_future(work)
     try:
         while True:
@@ -80,7 +80,7 @@ async def with_keepalives(
             if done:
                 return task.result()
             await beat()
-    except asyncio.CancelledError:
+    except BaseException:
         if not task.done():
             task.cancel()
         elif not task.cancelled() and task.exception() is None:

@@ -1,0 +1,63 @@
+"""`sse.with_keepalives`: beats while the work is pending, and never leaves the work running
+when the caller goes away or a beat fails."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from cortex.api.sse import with_keepalives
+
+
+def test_beats_until_the_result_is_there() -> None:
+    beats = 0
+
+    async def beat() -> None:
+        nonlocal beats
+        beats += 1
+
+    async def work() -> str:
+        await asyncio.sleep(0.35)
+        return "done"
+
+    assert asyncio.run(with_keepalives(work(), beat, 0.1)) == "done"
+    assert 2 <= beats <= 4
+
+
+def test_fast_work_gets_no_beat_and_its_error_passes_through() -> None:
+    async def beat() -> None:
+        raise AssertionError("no beat for work that ends within the interval")
+
+    async def work() -> None:
+        raise ValueError("refused")
+
+    with pytest.raises(ValueError, match="refused"):
+        asyncio.run(with_keepalives(work(), beat, 1.0))
+
+
+@pytest.mark.parametrize("how", ["caller cancelled", "beat failed"])
+def test_the_work_is_cancelled_when_the_caller_leaves(how: str) -> None:
+    cancelled = asyncio.Event()
+
+    async def beat() -> None:
+        if how == "beat failed":
+            raise ConnectionResetError
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def main() -> None:
+        caller = asyncio.ensure_future(with_keepalives(work(), beat, 0.05))
+        await asyncio.sleep(0.12)
+        if how == "caller cancelled":
+            caller.cancel()
+        with pytest.raises((asyncio.CancelledError, ConnectionResetError)):
+            await caller
+        await asyncio.wait_for(cancelled.wait(), 1)
+
+    asyncio.run(main())
