@@ -16,7 +16,7 @@ from sanic import Request, Sanic
 from sanic.exceptions import SanicException
 from sanic.response import HTTPResponse, json, raw
 
-from neuron.api import lifecycle, openai
+from neuron.api import access, lifecycle, openai
 from neuron.api.auth import inference_auth
 from neuron.config import NeuronConfig
 from neuron.errors import NeuronError
@@ -81,8 +81,14 @@ def create_app(config: NeuronConfig, *, probe: GpuProbe | None = None) -> Sanic:
             generate_latest(request.app.ctx.metrics.registry), content_type=CONTENT_TYPE_LATEST
         )
 
+    @app.on_request
+    async def mark(request: Request) -> None:
+        access.started(request)
+
     @app.on_response
     async def count(request: Request, response: HTTPResponse) -> None:
+        if not response.content_type or "event-stream" not in response.content_type:
+            access.log_request(request, response.status, usage=getattr(request.ctx, "usage", None))
         endpoint = _COUNTED.get(request.path)
         model = getattr(request.ctx, "model", None)
         if endpoint and model in request.app.ctx.manager.models:

@@ -11,6 +11,7 @@ handler, which closes the engine stream and frees the sequence at the next decod
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import struct
 from dataclasses import replace
@@ -19,6 +20,7 @@ from typing import Any
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
+from neuron.api.access import log_request
 from neuron.api.render import ChatRenderer, CompletionRenderer
 from neuron.api.schema import (
     GenerationRequest,
@@ -91,7 +93,7 @@ async def completions(request: Request) -> HTTPResponse | None:
     request.ctx.model = req.model
     grammar = _check_schemas(req, False)
     async with _manager(request).serving(req.model, "completion") as resident:
-        _engine(resident)
+        _refuse_oversized(len(req.prompt), _engine(resident).info, "prompt")
         generation = _generation(req, req.prompt, grammar, param="prompt", info=None)
         renderer = CompletionRenderer(
             req.model, logprobs=req.logprobs is not None, echo=req.prompt if req.echo else ""
@@ -254,6 +256,7 @@ async def _respond(
             raise EngineFailure("the engine ended the generation without finishing it")
         # The first item comes after the prompt is read: errors until then keep their status.
         first = await anext(stream)
+        finished: Finished | None = None
         response = await request.respond(content_type="text/event-stream", headers=SSE_HEADERS)
         assert response is not None
         opening = renderer.opening()
@@ -268,6 +271,7 @@ async def _respond(
                 if event is not None:
                     await response.send(event)
                 item = await anext(stream)
+            finished = item
             for chunk in renderer.closing(item):
                 await response.send(sse_data(chunk))
             _record(request, resident, item)
@@ -277,7 +281,11 @@ async def _respond(
             await response.send(sse_data(exc.body()))
         await response.send(DONE)
         await response.eof()
+        log_request(request, 200, usage=finished.usage if finished else None)
         return None
+    except asyncio.CancelledError:  # the client went away; 499 as nginx logs it
+        log_request(request, 499, client_gone=True)
+        raise
     finally:
         await stream.aclose()
 
@@ -285,6 +293,7 @@ async def _respond(
 def _record(request: Request, resident: Resident, finished: Finished) -> None:
     metrics = request.app.ctx.metrics
     usage = finished.usage
+    request.ctx.usage = usage
     model = resident.spec.id
     metrics.prompt_tokens.labels(model).inc(usage.prompt_tokens)
     metrics.completion_tokens.labels(model).inc(usage.completion_tokens)

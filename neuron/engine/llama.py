@@ -279,6 +279,7 @@ class LlamaEngine:
                 pass
         except BaseException:
             log.exception("engine %s failed", self.model_id)
+            self._closed = True  # new requests get 503 at once instead of waiting on a dead thread
             self._fail_all(EngineFailure("the engine failed; see the neuron's log"))
             self._flush()
         finally:
@@ -395,7 +396,7 @@ class LlamaEngine:
                 return
             if isinstance(command, _Generation):
                 self._emit(command, error)
-            elif isinstance(command, _Job):
+            elif isinstance(command, _Job) and command.future.set_running_or_notify_cancel():
                 command.future.set_exception(error)
 
     # -- scheduler thread: the step ------------------------------------------------------------
@@ -442,10 +443,16 @@ class LlamaEngine:
         if isinstance(command, _Generation):
             self._waiting.append(command)
             return
+        # The awaiting request may be gone (its client left, a bounded wait ran out): then the
+        # future is cancelled, and the job is skipped rather than failing on it.
+        if not command.future.set_running_or_notify_cancel():
+            return
         try:
-            command.future.set_result(command.work())
-        except BaseException as exc:
+            result = command.work()
+        except Exception as exc:
             command.future.set_exception(exc)
+        else:
+            command.future.set_result(result)
 
     def _admit(self) -> None:
         while self._waiting and len(self._active) < self.settings.parallel:

@@ -148,3 +148,17 @@ async def test_seeded_sampling_reproduces(engine: LlamaEngine) -> None:
         return "".join([i.text async for i in engine.generate(request) if isinstance(i, Piece)])
 
     assert await text(sampled(7)) == await text(sampled(7)) != await text(sampled(8))
+
+
+async def test_a_job_whose_caller_gave_up_does_not_kill_the_engine(engine: LlamaEngine) -> None:
+    """A /tokenize whose request was cancelled (a bounded wait in the gateway) left a cancelled
+    future that the engine thread then failed to settle, and the thread died."""
+    busy = asyncio.create_task(run(engine, "1, 2, 3, 4,", max_tokens=60))
+    await asyncio.sleep(0.2)
+    for _ in range(5):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(engine.tokenize("some text " * 50), timeout=0.0001)
+    await busy
+    text, finished, _ = await run(engine, "A, B, C, D,", max_tokens=4)
+    assert finished.usage.completion_tokens == 4 and text
+    assert await engine.tokenize("hello") != []

@@ -538,6 +538,7 @@ def test_hostile_prompt_text_and_sizes(neuron) -> None:
         timeout=30,
     )
     assert huge.status_code == 400 and huge.json()["error"]["code"] == "context_length_exceeded"
+    assert "characters" in huge.json()["error"]["message"]  # judged by length, not tokenized
     assert time.monotonic() - started < 2
     too_big = httpx.post(
         neuron.url + "/v1/completions",
@@ -732,3 +733,20 @@ def test_json_schema_output_parses_and_validates(client: openai.OpenAI) -> None:
     assert anything.choices[0].finish_reason == "stop", anything.choices[0].message.content
     assert anything.choices[0].message.content.lstrip().startswith("{")
     assert isinstance(json.loads(anything.choices[0].message.content), dict)
+
+
+def test_one_access_line_per_request_without_prompts(neuron) -> None:
+    secret = "the-prompt-text-" + str(time.time_ns())
+    chat = {"model": "smol", "messages": [{"role": "user", "content": secret}], "max_tokens": 3}
+    assert httpx.post(neuron.url + "/v1/chat/completions", json=chat, timeout=30).is_success
+    stream = {**chat, "stream": True}
+    with httpx.stream("POST", neuron.url + "/v1/chat/completions", json=stream) as response:
+        response.read()
+    assert httpx.post(neuron.url + "/v1/completions", json={"model": "smol"}).status_code == 400
+    time.sleep(0.2)
+    lines = [line for line in neuron.log().splitlines() if "neuron.access" in line]
+    chats = [line for line in lines if "/v1/chat/completions" in line and "model=smol" in line]
+    assert len(chats) >= 2 and all("status=200" in line for line in chats[-2:])
+    assert "tokens_out=0" not in chats[-1] and "client_gone=no" in chats[-1]  # the stream
+    assert any("/v1/completions" in line and "status=400" in line for line in lines)
+    assert secret not in neuron.log()
