@@ -8,7 +8,8 @@ The neuron fakes a 600 MiB GPU holding two of the catalogue's three SmolLM2 ids 
 sequence each), so requests for the third evict one; an admin task loads and unloads ids every
 few seconds on top. Clients alternate OpenAI chat (streamed and not), completions and Anthropic
 messages. Counted as errors: any answer other than 200, and 429/503 without Retry-After. RSS of
-both processes is sampled after a warm-up and at the end.
+both processes is sampled after a warm-up and at the end, each time with every model unloaded
+(so that what is compared is the programs, not how many models happen to be resident).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ async def one_request(client: httpx.AsyncClient, rng: random.Random) -> tuple[st
         ok = "[DONE]" in text or "message_stop" in text
     retryable = response.status_code in (429, 503) and "retry-after" in response.headers
     if not (ok or retryable) and len(SAMPLES) < 5:
-        SAMPLES.append(f"{kind} {response.status_code} {dict(response.headers)} {text[:300]}")
+        SAMPLES.append(f"{kind} {response.status_code} …{text[-400:]}")
     return kind, response.status_code, ok or retryable
 
 
@@ -95,6 +96,13 @@ async def clients(url: str, count: int, until: float, stats: Counter[str]) -> No
     await asyncio.gather(*(run(seed) for seed in range(count)), admin())
 
 
+def unload_all(url: str) -> None:
+    """Unload every model, so that RSS is compared with the same (empty) set resident."""
+    for model in IDS:
+        httpx.post(f"{url}/admin/models/{model}/unload", json={"force": True}, timeout=60)
+    time.sleep(1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10)
@@ -111,10 +119,12 @@ def main() -> None:
         stats: Counter[str] = Counter()
         warm_until = time.monotonic() + 30
         asyncio.run(clients(cortex.url, args.clients, warm_until, stats))
+        unload_all(cortex.url)
         start = {"neuron": rss_mb(neuron.proc.pid), "cortex": rss_mb(cortex.proc.pid)}
         stats.clear()
         began = time.monotonic()
         asyncio.run(clients(cortex.url, args.clients, began + args.minutes * 60, stats))
+        unload_all(cortex.url)
         end = {"neuron": rss_mb(neuron.proc.pid), "cortex": rss_mb(cortex.proc.pid)}
         requests = sum(v for k, v in stats.items() if ":" in k and not k.startswith("admin"))
         report = {
