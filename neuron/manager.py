@@ -98,6 +98,7 @@ class Resident:
     ready: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+    unloaded: asyncio.Event = field(default_factory=asyncio.Event)
 
     def describe(self) -> dict[str, Any]:
         placement = self.placement
@@ -337,7 +338,10 @@ class ModelManager:
         if resident.state is ModelState.LOADING:
             raise Conflict(f"model {model_id!r} is still loading", code="model_loading")
         if resident.state is ModelState.UNLOADING:
-            raise Conflict(f"model {model_id!r} is already unloading", code="model_unloading")
+            # Another caller (an eviction, an admin, a second gateway) is already doing it:
+            # what this caller asked for is happening, so it waits for it and succeeds.
+            await resident.unloaded.wait()
+            return
         busy = resident.gate.in_flight + resident.gate.waiting
         if busy and not force:
             raise Conflict(
@@ -352,6 +356,7 @@ class ModelManager:
         finally:
             self.probe.release(model_id)
             self.models.pop(model_id, None)
+            resident.unloaded.set()
         log.info("unloaded %s", model_id)
 
     # -- serving -----------------------------------------------------------------------------

@@ -77,6 +77,7 @@ class FakeEngine:
     async def close(self) -> None:
         self.cancel_all()
         self._closed = True
+        await asyncio.sleep(self._step_s)  # freeing a model takes a while: other calls interleave
 
     def cancel_all(self) -> None:
         for event in self._cancelled:

@@ -109,3 +109,13 @@ async def test_forced_unload_cancels_generations(smollm_path: Path) -> None:
     await models.unload("smol", force=True)
     finished = await asyncio.wait_for(task, 2)
     assert finished.reason.value == "cancelled" and finished.usage.completion_tokens < 500
+
+
+async def test_concurrent_unloads_of_one_model_both_succeed(smollm_path: Path) -> None:
+    """An eviction racing an admin unload (or two gateways) used to get 409 model_unloading,
+    which reached clients; unloading is idempotent while it is in progress."""
+    engines: list[FakeEngine] = []
+    models = manager(engines, smollm_path.parent)
+    await models.load(ModelSpec(id="smol", source=str(smollm_path)))
+    await asyncio.gather(models.unload("smol"), models.unload("smol"))
+    assert "smol" not in models.models
