@@ -619,10 +619,11 @@ def test_unload_releases_memory(start_neuron) -> None:
         assert loaded.status_code == 200
         assert httpx.post(node.url + "/models/unload", json={"model": "g"}).status_code == 200
 
-    # RSS right after an unload alternates between two levels 8-13 MiB apart (pages glibc has
-    # or hasn't handed back yet; seen: 69, 77, 69, 77, … over 30 cycles, in runs of either), so
-    # readings are judged against a band: one level above the lowest warm-up reading. A leak of
-    # even 2 MiB per cycle leaves the band within the ten cycles.
+    # RSS right after an unload sits on one of two levels 8-16 MiB apart (pages glibc has or
+    # hasn't handed back yet; seen: 69, 77, 69, 77, … and 70, 84, 71, 84, … in runs of either).
+    # A leak lifts the lower level, so that is what is judged: the lowest of the last cycles
+    # against the lowest warm-up reading. A leak of 1 MiB per cycle lifts it by 7 MiB or more
+    # over the ten cycles; the upper bound only catches a sudden jump.
     warm_up = []
     for _ in range(3):
         cycle()
@@ -631,7 +632,8 @@ def test_unload_releases_memory(start_neuron) -> None:
     for _ in range(10):
         cycle()
         samples.append(node.rss_mb())
-    assert max(samples) <= min(warm_up) + 16, (warm_up, samples)
+    assert min(samples[-6:]) <= min(warm_up) + 6, (warm_up, samples)
+    assert max(samples) <= min(warm_up) + 32, (warm_up, samples)
 
 
 def test_hf_cache_offline(start_neuron, tmp_path: Path, smollm_path: Path) -> None:
