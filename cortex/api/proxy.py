@@ -9,10 +9,10 @@ closes it. Rules:
   `sse.with_keepalives` around `open`.
 * A neuron that cannot be reached before the first byte is marked down and the request is tried
   once more elsewhere; a draining neuron (503 `draining`) is likewise skipped. A neuron that
-  answers 404 `model_not_found` for a model the last poll said it holds (it restarted or
-  unloaded it within one poll interval) is polled again and the request routed afresh, cold
-  loading if needed. Other neuron errors pass through with their status, envelope and
-  Retry-After.
+  answers 404 `model_not_found` or 503 `model_unavailable` for a model the last poll said it
+  serves (it restarted, or unloaded or began unloading it within one poll interval) is polled
+  again and the request routed afresh, cold loading if needed. Other neuron errors pass
+  through with their status, envelope and Retry-After.
 * A neuron gets `first_byte_timeout_s` from the request to the first byte of the answer's body
   and `idle_timeout_s` between two chunks of it. On expiry (or a broken connection) the node
   leaves routing until it polls well again, and the reader gets `UpstreamTimeout` (504) or
@@ -242,4 +242,5 @@ class Dispatcher:
 
 
 def _is_stale(exc: UpstreamError) -> bool:
-    return exc.status == 404 and exc.code == "model_not_found"
+    """The neuron no longer serves what its last poll said: gone (404) or going (503)."""
+    return (exc.status, exc.code) in ((404, "model_not_found"), (503, "model_unavailable"))

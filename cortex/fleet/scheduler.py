@@ -159,16 +159,29 @@ class Scheduler:
             except NoCapacity:
                 if time.monotonic() >= patience:
                     raise
-                await asyncio.sleep(BLOCKED_RETRY_S)
-                await asyncio.gather(*(self.poller.poll(n) for n in decision.candidates))
-            except (Conflict, NodeUnavailable) as exc:
-                # A victim got busy or a node vanished between plan and action: plan again.
-                replans += 1
-                if replans > 2:
-                    raise NoCapacity(
-                        f"could not place {model_id!r}; try again", retry_after=10
-                    ) from exc
-                log.info("cold load of %s needs a new plan: %s", model_id, exc.message)
+                await self._look_again(decision.candidates)
+            except Conflict as exc:
+                # The chosen node is still unloading an old replica of this model (an eviction
+                # or an operator's unload that waits for its requests): wait for it like for
+                # a busy model in the way.
+                if exc.code != "model_unloading" or time.monotonic() >= patience:
+                    replans = self._replan(model_id, exc, replans)
+                else:
+                    await self._look_again(decision.candidates)
+            except NodeUnavailable as exc:
+                replans = self._replan(model_id, exc, replans)
+
+    async def _look_again(self, nodes: tuple[str, ...]) -> None:
+        await asyncio.sleep(BLOCKED_RETRY_S)
+        await asyncio.gather(*(self.poller.poll(n) for n in nodes))
+
+    @staticmethod
+    def _replan(model_id: str, exc: CortexError, replans: int) -> int:
+        # A victim got busy or a node vanished between plan and action: plan again, twice.
+        if replans >= 2:
+            raise NoCapacity(f"could not place {model_id!r}; try again", retry_after=10) from exc
+        log.info("cold load of %s needs a new plan: %s", model_id, exc.message)
+        return replans + 1
 
     async def _await_remote_load(self, node: str, model_id: str) -> None:
         """Someone else (an operator, a neuron's preload) is loading it: watch until done."""

@@ -16,14 +16,24 @@ from typing import Any
 import httpx
 
 from cortex.config import NeuronEndpoint
-from cortex.errors import NodeUnavailable, UpstreamError, UpstreamTimeout
+from cortex.errors import (
+    Conflict,
+    ModelNotFound,
+    NodeUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 # Reads of lifecycle routes are quick; loads may take as long as the gateway lets a cold load run.
 QUICK_READ_S = 10.0
 
 
 class NeuronClient:
-    """One neuron's HTTP API; raises only `NodeUnavailable`, `UpstreamTimeout`, `UpstreamError`."""
+    """One neuron's HTTP API.
+
+    Raises only `NodeUnavailable`, `UpstreamTimeout`, `UpstreamError`, and from the model
+    management calls `Conflict` (any 409) and `ModelNotFound` (unloading what is gone).
+    """
 
     def __init__(self, http: httpx.AsyncClient, endpoint: NeuronEndpoint) -> None:
         self.http = http
@@ -44,6 +54,11 @@ class NeuronClient:
             )
         except httpx.TransportError as exc:
             raise NodeUnavailable(f"neuron {self.name} unreachable: {type(exc).__name__}") from exc
+        if response.status_code == 409:
+            # A model busy, loading or unloading there, or a different source under that id:
+            # the scheduler re-plans or waits on these, so they get their own class.
+            error = _upstream_error(409, response.content, response.headers)
+            raise Conflict(error.message, code=error.code)
         if response.status_code >= 400:
             raise _upstream_error(response.status_code, response.content, response.headers)
         try:
@@ -82,12 +97,15 @@ class NeuronClient:
         return await self._request("POST", "/models/load", body, timeout_s)
 
     async def unload(self, model: str, *, force: bool = False) -> dict[str, Any]:
-        return await self._request(
-            "POST",
-            "/models/unload",
-            {"model": model, "force": force},
-            120,
-        )
+        """Unload `model`; `ModelNotFound` when the neuron no longer holds it."""
+        try:
+            return await self._request(
+                "POST", "/models/unload", {"model": model, "force": force}, 120
+            )
+        except UpstreamError as exc:
+            if exc.status == 404 and exc.code == "model_not_found":
+                raise ModelNotFound(exc.message, param="model") from exc
+            raise
 
     async def tokenize(self, body: dict[str, Any]) -> int:
         """Token count by the model's own tokenizer (`messages`/`tools` or `prompt`)."""

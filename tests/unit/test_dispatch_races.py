@@ -1,0 +1,173 @@
+"""The dispatcher and scheduler over a scripted fake neuron, in process: races with unloads.
+
+The gateway routes on its last poll, and a neuron may have moved on since: a model it still
+lists as ready may be unloading (an eviction or an operator's unload), and a cold load of the
+same id is refused with 409 `model_unloading` until the old replica is gone. A client must see
+neither; these tests drive the real `Dispatcher`, `Scheduler`, `Poller` and `NeuronClient`
+over an `httpx.MockTransport` and assert what the neuron was asked, in order.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from cortex.api.proxy import Dispatcher
+from cortex.config import GatewayConfig, NeuronEndpoint
+from cortex.errors import LoadTimeout, NoCapacity, UpstreamError
+from cortex.fleet.registry import FleetRegistry
+from cortex.fleet.scheduler import Scheduler
+from cortex.fleet.state import CatalogueEntry, NodeState
+from cortex.nodes.client import NeuronClient
+from cortex.nodes.poller import Poller
+
+BODY = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+ANSWER = {"choices": [{"message": {"role": "assistant", "content": "Hello"}}]}
+
+
+class ScriptedNeuron:
+    """A neuron holding model "m" whose answers a test scripts.
+
+    `state` is what /models reports for "m" (None: not resident). `chat` and `load` are lists
+    of (status, body) answers used in turn, the last one repeated. Every request is logged
+    as "METHOD /path" in `seen`.
+    """
+
+    def __init__(self, state: str | None = "ready") -> None:
+        self.state = state
+        self.chat: list[tuple[int, dict[str, Any]]] = [(200, ANSWER)]
+        self.load: list[tuple[int, dict[str, Any]]] = [(200, {"id": "m", "state": "ready"})]
+        self.seen: list[str] = []
+        self.on_load_attempt = lambda attempt: None
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path not in ("/health", "/discovery"):
+            self.seen.append(f"{request.method} {path}")
+        if path == "/discovery":
+            return httpx.Response(200, json={"hostname": "h", "devices": [], "backend": "cpu"})
+        if path == "/health":
+            return httpx.Response(200, json={"uptime_s": 100, "devices": [], "models": []})
+        if path == "/models":
+            models = [] if self.state is None else [{"id": "m", "state": self.state}]
+            return httpx.Response(200, json=models)
+        if path == "/models/plan":
+            return httpx.Response(
+                200,
+                json={
+                    "estimate": {"full_offload_mb": 100},
+                    "plan": {"fits_fully": True},
+                    "available_mb": 1000,
+                },
+            )
+        if path == "/models/load":
+            attempt = sum(1 for s in self.seen if s.endswith("/models/load"))
+            self.on_load_attempt(attempt)
+            status, body = _nth(self.load, attempt - 1)
+            if status == 200:
+                self.state = "ready"
+            return httpx.Response(status, json=body)
+        if path == "/v1/chat/completions":
+            attempt = sum(1 for s in self.seen if s.endswith("/v1/chat/completions"))
+            status, body = _nth(self.chat, attempt - 1)
+            return httpx.Response(
+                status,
+                headers={"content-type": "application/json", "retry-after": "5"},
+                stream=_Streamed(json.dumps(body).encode()),
+            )
+        return httpx.Response(404, json={"error": {"message": "no route"}})
+
+
+class _Streamed(httpx.AsyncByteStream):
+    """A body read as it arrives, as from a real socket (httpx reads `json=` bodies at once)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    async def __aiter__(self):  # type: ignore[override]
+        yield self.data
+
+
+def _nth(answers: list[tuple[int, dict[str, Any]]], index: int) -> tuple[int, dict[str, Any]]:
+    return answers[min(index, len(answers) - 1)]
+
+
+def _error(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "server_error", "code": code}}
+
+
+async def _dispatcher(neuron: ScriptedNeuron, cold_load_timeout_s: float = 10) -> Dispatcher:
+    config = GatewayConfig(
+        neurons=(NeuronEndpoint("n", "http://n"),),
+        models=(CatalogueEntry("m", n_ctx=512),),
+        cold_load_timeout_s=cold_load_timeout_s,
+    )
+    http = httpx.AsyncClient(transport=httpx.MockTransport(neuron))
+    clients = {"n": NeuronClient(http, config.neurons[0])}
+    registry = FleetRegistry(
+        [NodeState(name="n", endpoint="http://n")], config.models, {}, lambda: 0.0
+    )
+    poller = Poller(registry, clients, interval_s=60, down_after_misses=2)
+    scheduler = Scheduler(config, registry, clients, poller)
+    await poller.poll("n")
+    return Dispatcher(config, scheduler, registry, poller, clients)
+
+
+async def _chat(dispatcher: Dispatcher) -> dict[str, Any]:
+    _exchange, content = await dispatcher.fetch(
+        "m", "/v1/chat/completions", BODY, json.dumps(BODY).encode()
+    )
+    return json.loads(content)
+
+
+async def test_a_model_found_unloading_is_routed_again_and_cold_loaded() -> None:
+    neuron = ScriptedNeuron()
+    dispatcher = await _dispatcher(neuron)
+    neuron.seen.clear()
+    # Since the poll, the model began unloading; the old replica is gone after two tries.
+    neuron.state = "unloading"
+    neuron.chat = [(503, _error("model_unavailable", "model 'm' is unloading")), (200, ANSWER)]
+    neuron.load = [
+        (409, _error("model_unloading", "model 'm' is unloading")),
+        (409, _error("model_unloading", "model 'm' is unloading")),
+        (200, {"id": "m", "state": "ready"}),
+    ]
+
+    def unloaded_after_two(attempt: int) -> None:
+        if attempt == 2:
+            neuron.state = None
+
+    neuron.on_load_attempt = unloaded_after_two
+    assert await _chat(dispatcher) == ANSWER
+    assert neuron.seen[0] == "POST /v1/chat/completions"  # routed on the stale poll
+    assert neuron.seen[1] == "GET /models"  # looked again
+    assert neuron.seen.count("POST /models/load") == 3  # waited out the unload, then loaded
+    assert neuron.seen[-1] == "POST /v1/chat/completions"
+    assert neuron.seen.count("POST /v1/chat/completions") == 2
+
+
+async def test_an_unload_that_never_ends_is_retried_then_refused_not_a_409() -> None:
+    neuron = ScriptedNeuron(state="unloading")
+    dispatcher = await _dispatcher(neuron, cold_load_timeout_s=1)
+    neuron.load = [(409, _error("model_unloading", "model 'm' is unloading"))]
+    with pytest.raises((NoCapacity, LoadTimeout)) as raised:
+        await _chat(dispatcher)
+    assert raised.value.status in (503, 504) and raised.value.retry_after
+    assert neuron.seen.count("POST /models/load") >= 3
+
+
+async def test_other_neuron_errors_pass_through_untouched() -> None:
+    neuron = ScriptedNeuron()
+    dispatcher = await _dispatcher(neuron)
+    neuron.chat = [(429, _error("rate_limited", "queue full"))]
+    with pytest.raises(UpstreamError) as raised:
+        await _chat(dispatcher)
+    assert (raised.value.status, raised.value.code, raised.value.retry_after) == (
+        429,
+        "rate_limited",
+        5,
+    )
+    assert neuron.seen.count("POST /v1/chat/completions") == 1
