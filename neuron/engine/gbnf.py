@@ -35,6 +35,14 @@ _TOKEN = re.compile(
 )
 
 
+# llama.cpp parses nested groups by recursion on the calling thread's stack (about 220 bytes a
+# level; an 8 MiB thread stack overflows near 37 000, and the process dies). Repetition counts
+# become one generated rule each. Both are bounded far below what hurts and far above what a
+# JSON schema needs once its large length bounds are dropped (see grammar.py).
+MAX_GROUP_DEPTH = 1000
+MAX_REPEAT_COUNT = 2048
+
+
 class GrammarError(ValueError):
     """The grammar is unreadable or has a rule that can match nothing."""
 
@@ -82,6 +90,10 @@ def check_gbnf(grammar: str) -> None:
             current = tokens[index]
             if current.kind == "open":
                 depth += 1
+                if depth > MAX_GROUP_DEPTH:
+                    raise GrammarError(
+                        f"rule {name!r} nests groups deeper than {MAX_GROUP_DEPTH} levels"
+                    )
             elif current.kind == "close":
                 depth -= 1
                 if depth < 0:
@@ -113,6 +125,12 @@ def _check_body(name: str, body: list[_Token], rules: dict[str, list[_Token]]) -
             raise GrammarError(f"rule {name!r} has an empty group '()'")
         if token.kind == "repeat" and (previous is None or previous.kind in ("open", "alt")):
             raise GrammarError(f"rule {name!r} repeats nothing with {token.text!r}")
+        if token.kind == "repeat" and any(
+            int(count) > MAX_REPEAT_COUNT for count in re.findall(r"[0-9]+", token.text)
+        ):
+            raise GrammarError(
+                f"rule {name!r} repeats more than {MAX_REPEAT_COUNT} times ({token.text})"
+            )
         previous = token
     # Every alternative at the top level must hold at least one item.
     depth = 0

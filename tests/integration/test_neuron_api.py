@@ -699,6 +699,42 @@ def test_unusable_json_schemas_are_400_and_the_neuron_survives(
     assert_still_serving(neuron)
 
 
+# Real schemas that convert to grammars nested far deeper than llama.cpp's recursive parser
+# survives on a thread stack: Claude Code's tools carry `maxLength: 524288` and properties that
+# are only a description. They killed the neuron (SIGSEGV, stack overflow in the GBNF parser);
+# now the large bounds are dropped and the bare property admits any JSON value.
+_DEEP_GRAMMAR_SCHEMAS = [
+    {"type": "object", "properties": {"content": {"type": "string", "maxLength": 524288}}},
+    {"type": "object", "properties": {"lines": {"type": "array", "maxItems": 100000}}},
+    {"type": "object", "properties": {"args": {"description": "passed verbatim"}}},
+]
+
+
+@pytest.mark.parametrize("schema", _DEEP_GRAMMAR_SCHEMAS, ids=json.dumps)
+@pytest.mark.parametrize("where", ["forced tool", "auto tool", "response_format"])
+def test_schemas_with_huge_bounds_are_served_and_the_neuron_survives(
+    neuron, schema: dict, where: str
+) -> None:
+    body: dict = {
+        "model": "smol",
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 8,
+    }
+    if where == "response_format":
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "x", "schema": schema},
+        }
+    else:
+        body["tools"] = [_tool(schema)]
+        if where == "forced tool":
+            body["tool_choice"] = {"type": "function", "function": {"name": "pick"}}
+    response = httpx.post(neuron.url + "/v1/chat/completions", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    assert neuron.proc.poll() is None
+    assert_still_serving(neuron)
+
+
 def test_json_schema_output_parses_and_validates(client: openai.OpenAI) -> None:
     schema = {
         "type": "object",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from neuron.engine.gbnf import GrammarError, check_gbnf
+from neuron.engine.gbnf import MAX_GROUP_DEPTH, MAX_REPEAT_COUNT, GrammarError, check_gbnf
 from neuron.engine.grammar import schema_grammar
 from neuron.errors import InvalidRequest
 
@@ -84,3 +84,60 @@ def test_deeply_nested_schema_is_refused_before_the_converter_recurses() -> None
 )
 def test_ordinary_schemas_convert(schema: dict) -> None:
     check_gbnf(schema_grammar(schema, param="response_format"))
+
+
+@pytest.mark.parametrize(
+    "unconstrained",
+    [
+        {"description": "Optional input exposed to the script as `args`, verbatim."},
+        {"title": "Anything", "default": None, "examples": [1, "a"]},
+        {},
+        True,
+    ],
+    ids=["description-only (Claude Code's tools)", "annotations-only", "empty", "true"],
+)
+def test_an_unconstrained_property_admits_any_json_value(unconstrained: object) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"args": unconstrained, "items": {"type": "array", "items": unconstrained}},
+        "required": ["args", "items"],
+    }
+    grammar = schema_grammar(schema, param="tools[0].input_schema")
+    check_gbnf(grammar)
+    rules = dict(line.split(" ::= ", 1) for line in grammar.splitlines())
+    assert rules["args-kv"].endswith('":" space value')
+    assert rules["value"] == "object | array | string | number | boolean | null"
+    assert rules["items"].startswith('"[" space (value ')
+
+
+def test_grammars_nested_past_what_llama_cpp_parses_are_refused() -> None:
+    depth = MAX_GROUP_DEPTH + 1
+    with pytest.raises(GrammarError, match="nests groups deeper"):
+        check_gbnf("root ::= " + '("a" ' * depth + ")?" * depth)
+    check_gbnf("root ::= " + '("a" ' * MAX_GROUP_DEPTH + ")?" * MAX_GROUP_DEPTH)
+
+
+def test_repetition_counts_past_the_bound_are_refused() -> None:
+    with pytest.raises(GrammarError, match="repeats more than"):
+        check_gbnf(f'root ::= "a"{{0,{MAX_REPEAT_COUNT + 1}}}')
+    check_gbnf(f'root ::= "a"{{0,{MAX_REPEAT_COUNT}}}')
+
+
+@pytest.mark.parametrize(
+    ("bound", "value"),
+    [("maxLength", 524288), ("minLength", 100000), ("maxItems", 100000), ("minItems", 5000)],
+)
+def test_huge_length_bounds_are_dropped_so_the_grammar_stays_shallow(
+    bound: str, value: int
+) -> None:
+    kind = "string" if "Length" in bound else "array"
+    schema = {"type": "object", "properties": {"x": {"type": kind, bound: value}}}
+    grammar = schema_grammar(schema, param="tools[0].input_schema")
+    check_gbnf(grammar)
+    assert len(grammar) < 4000 and grammar.count("(") < 200
+
+
+def test_modest_length_bounds_are_kept() -> None:
+    schema = {"type": "object", "properties": {"x": {"type": "string", "maxLength": 40}}}
+    grammar = schema_grammar(schema, param="response_format")
+    assert grammar.count("char") >= 40
