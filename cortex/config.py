@@ -131,6 +131,7 @@ def load_models(
                 priority=table.get("priority", int, 0),
                 aliases=tuple(table.strings("aliases")),
                 vram_mb=table.get("vram_mb", float, None, positive),
+                max_output_tokens=table.get("max_output_tokens", int, None, positive),
                 embedding=table.get("embedding", bool, False),
             )
         )

@@ -17,6 +17,8 @@ closes it. Rules:
   and `idle_timeout_s` between two chunks of it. On expiry (or a broken connection) the node
   leaves routing until it polls well again, and the reader gets `UpstreamTimeout` (504) or
   `NodeUnavailable`; nothing is retried once a neuron has the request, since it may be working.
+* The body goes to the neuron as the client's bytes unless the model id is an alias (the
+  neuron gets the real id) or the catalogue's `max_output_tokens` caps what was asked for.
 * The exchange counts as in flight on its replica from open to close, so eviction never picks a
   model that is serving, and routing sees the load at once.
 """
@@ -34,6 +36,7 @@ from typing import Any
 import httpx
 
 from cortex.config import GatewayConfig
+from cortex.dialects.openai import cap_output_tokens
 from cortex.errors import (
     CortexError,
     NodeUnavailable,
@@ -144,9 +147,7 @@ class Dispatcher:
             if target is None:
                 target = await self._wait_for_load(requested, exclude)
                 cold_load_s = time.monotonic() - cold_started
-            payload = raw
-            if body.get("model") != target.model_id:  # an alias: the neuron knows the real id
-                payload = json.dumps({**body, "model": target.model_id}).encode()
+            payload = self._payload(target, path, body, raw)
             deadline = asyncio.get_running_loop().time() + self.config.first_byte_timeout_s
             self.registry.request_started(target.node, target.model_id)
             try:
@@ -187,6 +188,17 @@ class Dispatcher:
                 self.node_failed,
                 cold_load_s,
             )
+
+    def _payload(self, target: Target, path: str, body: dict[str, Any], raw: bytes) -> bytes:
+        """The bytes for the neuron: the client's own, unless the model id is an alias (the
+        neuron knows the real id) or the catalogue caps the answer's length."""
+        entry = self.registry.snapshot().entry(target.model_id)
+        generates = path in ("/v1/chat/completions", "/v1/completions")
+        cap = entry.max_output_tokens if entry is not None and generates else None
+        sent = cap_output_tokens(body, cap)
+        if sent is body and body.get("model") == target.model_id:
+            return raw
+        return json.dumps({**sent, "model": target.model_id}).encode()
 
     async def fetch(
         self, requested: str, path: str, body: dict[str, Any], raw: bytes

@@ -307,3 +307,16 @@ def system_reminder(text: str) -> str:
     which changes the prompt's prefix and so defeats the neuron's prefix cache). Claude Code
     marks its own in-conversation instructions this way, so models trained on it know it."""
     return f"<system-reminder>\n{text}\n</system-reminder>"
+
+
+def cap_output_tokens(body: dict[str, Any], cap: int | None) -> dict[str, Any]:
+    """`body` (chat or completions) asking for at most `cap` output tokens: the client's own
+    limit when it is lower, else `cap` (an operator's per-model `max_output_tokens`). The body
+    itself is returned when nothing changes, so that its bytes can be forwarded as they came."""
+    if cap is None:
+        return body
+    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    asked = body.get(key)
+    if isinstance(asked, int) and not isinstance(asked, bool) and 0 < asked <= cap:
+        return body
+    return {**body, key: cap}

@@ -114,6 +114,7 @@ class CatalogueEntry:
     priority: int = 0
     aliases: tuple[str, ...] = ()
     vram_mb: float | None = None
+    max_output_tokens: int | None = None
     embedding: bool = False
 
     @property

@@ -1,10 +1,14 @@
-"""The dispatcher and scheduler over a scripted fake neuron, in process: races with unloads.
+"""The dispatcher and scheduler over a scripted fake neuron, in process.
 
+Races with unloads:
 The gateway routes on its last poll, and a neuron may have moved on since: a model it still
 lists as ready may be unloading (an eviction or an operator's unload), and a cold load of the
 same id is refused with 409 `model_unloading` until the old replica is gone. A client must see
 neither; these tests drive the real `Dispatcher`, `Scheduler`, `Poller` and `NeuronClient`
 over an `httpx.MockTransport` and assert what the neuron was asked, in order.
+
+What reaches the neuron: the client's bytes, or the real model id for an alias and the
+catalogue's `max_output_tokens` cap.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ class ScriptedNeuron:
         self.chat: list[tuple[int, dict[str, Any]]] = [(200, ANSWER)]
         self.load: list[tuple[int, dict[str, Any]]] = [(200, {"id": "m", "state": "ready"})]
         self.seen: list[str] = []
+        self.bodies: list[bytes] = []
         self.on_load_attempt = lambda attempt: None
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -71,6 +76,7 @@ class ScriptedNeuron:
                 self.state = "ready"
             return httpx.Response(status, json=body)
         if path == "/v1/chat/completions":
+            self.bodies.append(request.content)
             attempt = sum(1 for s in self.seen if s.endswith("/v1/chat/completions"))
             status, body = _nth(self.chat, attempt - 1)
             return httpx.Response(
@@ -99,16 +105,19 @@ def _error(code: str, message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": "server_error", "code": code}}
 
 
-async def _dispatcher(neuron: ScriptedNeuron, cold_load_timeout_s: float = 10) -> Dispatcher:
+async def _dispatcher(
+    neuron: ScriptedNeuron, cold_load_timeout_s: float = 10, entry: CatalogueEntry | None = None
+) -> Dispatcher:
     config = GatewayConfig(
         neurons=(NeuronEndpoint("n", "http://n"),),
-        models=(CatalogueEntry("m", n_ctx=512),),
+        models=(entry or CatalogueEntry("m", n_ctx=512),),
+        aliases={"claude-*": "m"},
         cold_load_timeout_s=cold_load_timeout_s,
     )
     http = httpx.AsyncClient(transport=httpx.MockTransport(neuron))
     clients = {"n": NeuronClient(http, config.neurons[0])}
     registry = FleetRegistry(
-        [NodeState(name="n", endpoint="http://n")], config.models, {}, lambda: 0.0
+        [NodeState(name="n", endpoint="http://n")], config.models, config.aliases, lambda: 0.0
     )
     poller = Poller(registry, clients, interval_s=60, down_after_misses=2)
     scheduler = Scheduler(config, registry, clients, poller)
@@ -116,9 +125,9 @@ async def _dispatcher(neuron: ScriptedNeuron, cold_load_timeout_s: float = 10) -
     return Dispatcher(config, scheduler, registry, poller, clients)
 
 
-async def _chat(dispatcher: Dispatcher) -> dict[str, Any]:
+async def _chat(dispatcher: Dispatcher, body: dict[str, Any] = BODY) -> dict[str, Any]:
     _exchange, content = await dispatcher.fetch(
-        "m", "/v1/chat/completions", BODY, json.dumps(BODY).encode()
+        body["model"], "/v1/chat/completions", body, json.dumps(body).encode()
     )
     return json.loads(content)
 
@@ -171,3 +180,35 @@ async def test_other_neuron_errors_pass_through_untouched() -> None:
         5,
     )
     assert neuron.seen.count("POST /v1/chat/completions") == 1
+
+
+@pytest.mark.parametrize(
+    ("cap", "asked", "sent"),
+    [
+        (None, {}, {}),
+        (None, {"max_tokens": 32000}, {"max_tokens": 32000}),
+        (256, {}, {"max_tokens": 256}),
+        (256, {"max_tokens": 32000}, {"max_tokens": 256}),
+        (256, {"max_tokens": 100}, {"max_tokens": 100}),
+        (256, {"max_completion_tokens": 9999}, {"max_completion_tokens": 256}),
+    ],
+)
+async def test_the_catalogue_caps_what_a_request_asks_for(
+    cap: int | None, asked: dict[str, int], sent: dict[str, int]
+) -> None:
+    neuron = ScriptedNeuron()
+    dispatcher = await _dispatcher(neuron, entry=CatalogueEntry("m", max_output_tokens=cap))
+    body = {**BODY, **asked}
+    raw = json.dumps(body).encode()
+    await dispatcher.fetch("m", "/v1/chat/completions", body, raw)
+    forwarded = json.loads(neuron.bodies[-1])
+    assert {k: forwarded[k] for k in forwarded if "tokens" in k} == sent
+    if asked == sent:  # nothing to change: the client's own bytes go through
+        assert neuron.bodies[-1] == raw
+
+
+async def test_an_alias_reaches_the_neuron_as_the_real_id() -> None:
+    neuron = ScriptedNeuron()
+    dispatcher = await _dispatcher(neuron)
+    assert await _chat(dispatcher, {**BODY, "model": "claude-haiku-4-5"}) == ANSWER
+    assert json.loads(neuron.bodies[-1])["model"] == "m"
