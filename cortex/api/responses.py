@@ -74,6 +74,7 @@ async def responses(request: Request) -> HTTPResponse | None:
             model=parsed.model,
             created_at=created_at,
             new_id=_new_id,
+            namespaces=parsed.namespaces,
         )
         status, code = await sse.relay(
             request, dispatcher, observer, parsed.model, parsed.chat, _Framer(stream)
@@ -109,5 +110,6 @@ async def _whole(
         model=parsed.model,
         created_at=created_at,
         new_id=_new_id,
+        namespaces=parsed.namespaces,
     )
     return json_response(answer)

@@ -191,7 +191,7 @@ def test_stream_starts_before_a_cold_load_ends(cortex) -> None:
     ("fields", "param"),
     [
         ({"previous_response_id": "resp_123"}, "previous_response_id"),
-        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"tools": [{"type": "custom", "name": "apply_patch"}]}, "tools[0].type"),
         ({"input": []}, "input"),
     ],
 )

@@ -196,7 +196,16 @@ def test_hints_and_echo_keep_what_the_chat_body_must_not() -> None:
             "input[0].content[0].type",
         ),
         ({"input": [{"type": "function_call", "name": "f"}]}, "input[0].call_id"),
-        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"tools": [{"type": "custom", "name": "apply_patch"}]}, "tools[0].type"),
+        (
+            {"tools": [{"type": "web_search"}], "tool_choice": {"type": "web_search"}},
+            "tool_choice.type",
+        ),
+        (
+            {"tools": [{"type": "namespace", "name": "ns", "tools": [{"type": "mcp"}]}]},
+            "tools[0].tools[0].type",
+        ),
+        ({"tools": [{"type": "namespace", "tools": []}]}, "tools[0].name"),
         ({"tools": [TOOL, TOOL]}, "tools[1].name"),
         (
             {"tools": [TOOL], "tool_choice": {"type": "function", "name": "nope"}},
@@ -309,3 +318,76 @@ def test_whole_response_of_a_non_object_is_empty() -> None:
         "garbage", parsed.echo, response_id="r", model="m", created_at=0, new_id=ids()
     )
     assert response["output"] == [] and response["status"] == "completed"
+
+
+NAMESPACE = {
+    "type": "namespace",
+    "name": "agents",
+    "description": "Sub-agents",
+    "tools": [{**TOOL, "name": "spawn"}, {**TOOL, "name": "close"}],
+}
+
+
+def test_hosted_tools_are_not_offered_to_the_model() -> None:
+    """Codex CLI offers `web_search` on every turn; the gateway runs no hosted tools, so the
+    model is offered the functions only and the request is served."""
+    parsed = to_chat_request(body(tools=[{"type": "web_search"}, TOOL, {"type": "file_search"}]))
+    assert parsed.chat["tools"] == [CHAT_TOOL]
+    assert [t["type"] for t in parsed.echo["tools"]] == ["web_search", "function", "file_search"]
+    only_hosted = to_chat_request(
+        body(tools=[{"type": "web_search", "external_web_access": False}])
+    )
+    assert "tools" not in only_hosted.chat
+
+
+def test_namespace_functions_reach_the_model_qualified_and_come_back_split() -> None:
+    parsed = to_chat_request(
+        body(
+            tools=[TOOL, NAMESPACE],
+            input=[
+                {"role": "user", "content": "go"},
+                {
+                    "type": "function_call",
+                    "call_id": "c1",
+                    "name": "spawn",
+                    "namespace": "agents",
+                    "arguments": "{}",
+                },
+                {"type": "function_call_output", "call_id": "c1", "output": "spawned"},
+            ],
+        )
+    )
+    names = [tool["function"]["name"] for tool in parsed.chat["tools"]]
+    assert names == ["get_weather", "agents.spawn", "agents.close"]
+    assert parsed.namespaces == {"agents.spawn": "agents", "agents.close": "agents"}
+    history = parsed.chat["messages"][1]["tool_calls"][0]["function"]["name"]
+    assert history == "agents.spawn"
+    message = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "x",
+                "type": "function",
+                "function": {"name": "agents.close", "arguments": "{}"},
+            },
+            {"id": "y", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}},
+        ],
+    }
+    response = to_response(
+        {"choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}]},
+        parsed.echo,
+        response_id="r",
+        model="m",
+        created_at=0,
+        new_id=ids(),
+        namespaces=parsed.namespaces,
+    )
+    calls = [(i["name"], i.get("namespace")) for i in response["output"]]
+    assert calls == [("close", "agents"), ("get_weather", None)]
+
+
+def test_a_forced_namespace_function_is_named_qualified() -> None:
+    choice = {"type": "function", "name": "spawn", "namespace": "agents"}
+    parsed = to_chat_request(body(tools=[NAMESPACE], tool_choice=choice))
+    assert parsed.chat["tool_choice"] == {"type": "function", "function": {"name": "agents.spawn"}}

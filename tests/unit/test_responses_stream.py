@@ -71,6 +71,7 @@ def new_stream(**fields: Any) -> ResponsesStream:
         model="m",
         created_at=1,
         new_id=lambda prefix: f"{prefix}_{next(counter)}",
+        namespaces=parsed.namespaces,
     )
 
 
@@ -193,3 +194,14 @@ def test_start_is_sent_once() -> None:
     stream = new_stream()
     assert len(stream.start()) == 2 and stream.start() == []
     assert next(name for name, _ in stream.feed(text("a"))) == "response.output_item.added"
+
+
+def test_a_streamed_call_of_a_namespace_function_carries_its_namespace() -> None:
+    tool = {"type": "function", "name": "spawn", "parameters": {"type": "object"}}
+    stream = new_stream(tools=[{"type": "namespace", "name": "agents", "tools": [tool]}])
+    events = run([call(0, "agents.spawn", '{"a":'), call(0, None, "1}"), FINISH_CALLS], stream)
+    response = assert_grammar(events)
+    added = [data["item"] for name, data in events if name == "response.output_item.added"]
+    assert (added[0]["name"], added[0]["namespace"]) == ("spawn", "agents")
+    item = response["output"][0]
+    assert (item["name"], item["namespace"], item["arguments"]) == ("spawn", "agents", '{"a":1}')

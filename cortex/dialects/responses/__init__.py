@@ -15,7 +15,11 @@ Invariants:
   `conversation` and `item_reference` input items are refused (400), since they would need a
   stored response. `reasoning`, `include`, `truncation`, `service_tier` and unknown fields
   are accepted and ignored, so newer clients keep working.
-* Only function tools exist; any other tool type is a 400 naming `tools[i].type`.
+* Function tools, and `namespace` tools of functions (a function reaches the model as
+  ``namespace.name`` and its calls go back as `name` + `namespace`). Tools OpenAI runs itself
+  (`web_search`, `file_search`, …; Codex CLI offers `web_search` on every turn) are not offered
+  to the model, and a `tool_choice` forcing one is a 400; any other type is a 400 naming
+  `tools[i].type`.
 * Streams follow OpenAI's grammar: `response.created`, `response.in_progress`, then per output
   item `response.output_item.added` → (`response.content_part.added` →
   `response.output_text.delta`* → `response.output_text.done` → `response.content_part.done`

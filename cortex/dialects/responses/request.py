@@ -38,6 +38,22 @@ _STATEFUL = {
 _SYSTEM_ROLES = frozenset({"system", "developer"})
 _ROLES = frozenset({"user", "assistant", *_SYSTEM_ROLES})
 _DROPPED_ITEMS = frozenset({"reasoning"})  # engine-specific, not replayable
+# Tools OpenAI runs on its side. Clients offer them as optional capabilities (Codex CLI sends
+# `web_search` on every turn), so they are not offered to the model here rather than refused;
+# a tool_choice that forces one is refused.
+HOSTED_TOOLS = frozenset(
+    {
+        "web_search",
+        "web_search_preview",
+        "web_search_preview_2025_03_11",
+        "file_search",
+        "code_interpreter",
+        "image_generation",
+        "computer_use_preview",
+        "mcp",
+        "local_shell",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -54,12 +70,15 @@ class RoutingHints:
 class ResponsesRequest:
     """A validated /v1/responses request: the requested `model`, the `chat` body for the neuron
     (model field = the requested name; the dispatcher substitutes the routed id), `echo` (the
-    request fields a Response object repeats back), and `hints`."""
+    request fields a Response object repeats back), `hints`, and `namespaces`: the functions of
+    `namespace` tools reach the model as ``namespace.name``, and calls of them go back to the
+    client as `name` plus `namespace`."""
 
     model: str
     chat: dict[str, Any]
     echo: dict[str, Any] = field(default_factory=dict)
     hints: RoutingHints = RoutingHints()
+    namespaces: dict[str, str] = field(default_factory=dict)  # chat tool name → its namespace
 
     @property
     def stream(self) -> bool:
@@ -131,6 +150,8 @@ def _function_call(item: dict[str, Any], path: str) -> dict[str, Any]:
         _fail(f"{path}.call_id", "must be a non-empty string")
     if not isinstance(name, str) or not name:
         _fail(f"{path}.name", "must be a non-empty string")
+    if (namespace := _optional(item, "namespace", str, "a string")) is not None:
+        name = qualified(namespace, name)
     arguments = _text(item.get("arguments", "{}"), f"{path}.arguments")
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
@@ -225,33 +246,66 @@ def _as_text(content: str | list[dict[str, Any]]) -> str:
     return "\n\n".join(part["text"] for part in content if part["type"] == "text")
 
 
-def _tools(tools: Any) -> list[dict[str, Any]]:
+def qualified(namespace: str, name: str) -> str:
+    """The chat tool name of function `name` in `namespace`."""
+    return f"{namespace}.{name}"
+
+
+def _tools(tools: Any) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Chat tools for the model, and which of them came from which namespace."""
     if tools is None:
-        return []
+        return [], {}
     if not isinstance(tools, list):
         _fail("tools", "must be an array")
-    out, names = [], set()
+    out: list[dict[str, Any]] = []
+    namespaces: dict[str, str] = {}
+    names: set[str] = set()
     for index, tool in enumerate(tools):
         path = f"tools[{index}]"
         if not isinstance(tool, dict):
             _fail(path, "must be an object")
-        if tool.get("type") != "function":
-            _fail(f"{path}.type", "must be 'function': this gateway runs no built-in tools")
-        name = tool.get("name")
-        if not isinstance(name, str) or not name:
-            _fail(f"{path}.name", "must be a non-empty string")
-        if name in names:
-            _fail(f"{path}.name", "repeats the name of an earlier tool")
-        names.add(name)
-        function: dict[str, Any] = {"name": name}
-        if (description := _optional(tool, "description", str, "a string")) is not None:
-            function["description"] = description
-        parameters = tool.get("parameters")
-        if parameters is not None:
-            check_schema(parameters, f"{path}.parameters")
-            function["parameters"] = parameters
-        out.append({"type": "function", "function": function})
-    return out
+        kind = tool.get("type")
+        if kind in HOSTED_TOOLS:
+            continue
+        if kind == "namespace":
+            namespace = _optional(tool, "name", str, "a string")
+            if not namespace:
+                _fail(f"{path}.name", "must be a non-empty string")
+            inner = tool.get("tools")
+            if not isinstance(inner, list):
+                _fail(f"{path}.tools", "must be an array of function tools")
+            for at, function in enumerate(inner):
+                chat_tool = _function_tool(function, f"{path}.tools[{at}]", names, namespace)
+                out.append(chat_tool)
+                namespaces[chat_tool["function"]["name"]] = namespace
+            continue
+        if kind != "function":
+            _fail(f"{path}.type", "must be 'function' or 'namespace': this gateway runs no tools")
+        out.append(_function_tool(tool, path, names, None))
+    return out, namespaces
+
+
+def _function_tool(tool: Any, path: str, names: set[str], namespace: str | None) -> dict[str, Any]:
+    if not isinstance(tool, dict):
+        _fail(path, "must be an object")
+    if namespace is not None and tool.get("type") != "function":
+        _fail(f"{path}.type", "must be 'function': this gateway runs no built-in tools")
+    name = tool.get("name")
+    if not isinstance(name, str) or not name:
+        _fail(f"{path}.name", "must be a non-empty string")
+    if namespace is not None:
+        name = qualified(namespace, name)
+    if name in names:
+        _fail(f"{path}.name", "repeats the name of an earlier tool")
+    names.add(name)
+    function: dict[str, Any] = {"name": name}
+    if (description := _optional(tool, "description", str, "a string")) is not None:
+        function["description"] = description
+    parameters = tool.get("parameters")
+    if parameters is not None:
+        check_schema(parameters, f"{path}.parameters")
+        function["parameters"] = parameters
+    return {"type": "function", "function": function}
 
 
 def _tool_choice(choice: Any, names: set[str]) -> Any:
@@ -261,8 +315,12 @@ def _tool_choice(choice: Any, names: set[str]) -> Any:
         if not names:
             _fail("tool_choice", "'required' needs tools")
         return choice
+    if isinstance(choice, dict) and choice.get("type") in HOSTED_TOOLS:
+        _fail("tool_choice.type", "names a built-in tool, and this gateway runs none")
     if isinstance(choice, dict) and choice.get("type") == "function":
         name = choice.get("name")
+        if isinstance(name, str) and isinstance(choice.get("namespace"), str):
+            name = qualified(choice["namespace"], name)
         if not isinstance(name, str) or name not in names:
             _fail("tool_choice.name", "names no function in 'tools'")
         return {"type": "function", "function": {"name": name}}
@@ -320,7 +378,7 @@ def to_chat_request(body: dict[str, Any]) -> ResponsesRequest:
     for key, high in (("temperature", 2), ("top_p", 1)):
         if (value := _number(body, key, 0, high, False)) is not None:
             chat[key] = value
-    tools = _tools(body.get("tools"))
+    tools, namespaces = _tools(body.get("tools"))
     choice = _tool_choice(body.get("tool_choice"), {t["function"]["name"] for t in tools})
     if tools and choice != "none":  # "none" with tools: plain chat, as it reads the same
         chat["tools"] = tools
@@ -346,7 +404,7 @@ def to_chat_request(body: dict[str, Any]) -> ResponsesRequest:
         "user": body.get("user"),
     }
     hints = RoutingHints(body.get("prompt_cache_key"), body.get("user"))
-    return ResponsesRequest(model=model, chat=chat, echo=echo, hints=hints)
+    return ResponsesRequest(model=model, chat=chat, echo=echo, hints=hints, namespaces=namespaces)
 
 
 def _text_format(text: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 NewId = Callable[[str], str]
@@ -61,9 +61,16 @@ def message_item(item_id: str, text: str | None, status: str) -> dict[str, Any]:
 
 
 def function_call_item(
-    item_id: str, call_id: str, name: str, arguments: str, status: str
+    item_id: str,
+    call_id: str,
+    name: str,
+    arguments: str,
+    status: str,
+    namespaces: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """A function_call output item; a call of a namespace tool's function (chat name
+    ``namespace.name``, see `ResponsesRequest.namespaces`) carries `name` and `namespace`."""
+    item = {
         "id": item_id,
         "type": "function_call",
         "status": status,
@@ -71,6 +78,10 @@ def function_call_item(
         "name": name,
         "arguments": arguments,
     }
+    namespace = (namespaces or {}).get(name)
+    if namespace is not None:
+        item["name"], item["namespace"] = name[len(namespace) + 1 :], namespace
+    return item
 
 
 class CallIds:
@@ -139,6 +150,7 @@ def to_response(
     model: str,
     created_at: int,
     new_id: NewId,
+    namespaces: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """A whole chat.completion as a Response: a message item (when there is text), then one
     function_call item per named tool call."""
@@ -162,7 +174,9 @@ def to_response(
         arguments = function.get("arguments")
         arguments = arguments if isinstance(arguments, str) else "{}"
         call_id = ids.assign(call.get("id"))
-        output.append(function_call_item(new_id("fc"), call_id, name, arguments, "completed"))
+        output.append(
+            function_call_item(new_id("fc"), call_id, name, arguments, "completed", namespaces)
+        )
     return response_object(
         echo,
         response_id=response_id,

@@ -25,6 +25,7 @@ Invariants:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,8 +64,10 @@ class ResponsesStream:
         model: str,
         created_at: int,
         new_id: NewId,
+        namespaces: Mapping[str, str] | None = None,
     ) -> None:
         self._echo = echo
+        self._namespaces = namespaces
         self._response_id = response_id
         self._model = model
         self._created_at = created_at
@@ -246,7 +249,9 @@ class ResponsesStream:
     def _open_call(self, call: _Call) -> list[Event]:
         assert call.name is not None
         call.item_id, call.id = self._new_id("fc"), self._call_ids.assign(call.id)
-        item = function_call_item(call.item_id, call.id, call.name, "", "in_progress")
+        item = function_call_item(
+            call.item_id, call.id, call.name, "", "in_progress", self._namespaces
+        )
         call.output_index, added = self._add(item)
         sent = "".join(call.arguments)
         return [added, self._arguments_delta(call, sent)] if sent else [added]
@@ -255,7 +260,9 @@ class ResponsesStream:
         assert call.name is not None and call.item_id is not None
         arguments = "".join(call.arguments) or "{}"
         status = "incomplete" if self._finish_reason == "length" else "completed"
-        item = function_call_item(call.item_id, call.id, call.name, arguments, status)
+        item = function_call_item(
+            call.item_id, call.id, call.name, arguments, status, self._namespaces
+        )
         self._items[call.output_index] = item
         position = {"item_id": call.item_id, "output_index": call.output_index}
         return [
