@@ -132,6 +132,7 @@ def load_models(
                 aliases=tuple(table.strings("aliases")),
                 vram_mb=table.get("vram_mb", float, None, positive),
                 max_output_tokens=table.get("max_output_tokens", int, None, positive),
+                temperature=table.get("temperature", float, None, _temperature),
                 embedding=table.get("embedding", bool, False),
             )
         )
@@ -186,6 +187,10 @@ def _read_keys(config_path: Path, keys_path: Path) -> set[str]:
 
 def _listen_or_off(value: str) -> str | None:
     return None if value == "" else listen_address(value)
+
+
+def _temperature(value: float) -> str | None:
+    return None if 0 <= value <= 2 else "must be between 0 and 2"
 
 
 def _strategy(value: str) -> str | None:

@@ -18,7 +18,8 @@ closes it. Rules:
   leaves routing until it polls well again, and the reader gets `UpstreamTimeout` (504) or
   `NodeUnavailable`; nothing is retried once a neuron has the request, since it may be working.
 * The body goes to the neuron as the client's bytes unless the model id is an alias (the
-  neuron gets the real id) or the catalogue's `max_output_tokens` caps what was asked for.
+  neuron gets the real id) or the catalogue entry's `max_output_tokens` (a cap on what was
+  asked for) or `temperature` (when the client sent none) apply.
 * The exchange counts as in flight on its replica from open to close, so eviction never picks a
   model that is serving, and routing sees the load at once.
 """
@@ -36,7 +37,7 @@ from typing import Any
 import httpx
 
 from cortex.config import GatewayConfig
-from cortex.dialects.openai import cap_output_tokens
+from cortex.dialects.openai import with_model_defaults
 from cortex.errors import (
     CortexError,
     NodeUnavailable,
@@ -191,11 +192,11 @@ class Dispatcher:
 
     def _payload(self, target: Target, path: str, body: dict[str, Any], raw: bytes) -> bytes:
         """The bytes for the neuron: the client's own, unless the model id is an alias (the
-        neuron knows the real id) or the catalogue caps the answer's length."""
+        neuron knows the real id) or the catalogue entry's settings apply."""
         entry = self.registry.snapshot().entry(target.model_id)
-        generates = path in ("/v1/chat/completions", "/v1/completions")
-        cap = entry.max_output_tokens if entry is not None and generates else None
-        sent = cap_output_tokens(body, cap)
+        sent = body
+        if entry is not None and path in ("/v1/chat/completions", "/v1/completions"):
+            sent = with_model_defaults(body, entry.max_output_tokens, entry.temperature)
         if sent is body and body.get("model") == target.model_id:
             return raw
         return json.dumps({**sent, "model": target.model_id}).encode()

@@ -309,14 +309,19 @@ def system_reminder(text: str) -> str:
     return f"<system-reminder>\n{text}\n</system-reminder>"
 
 
-def cap_output_tokens(body: dict[str, Any], cap: int | None) -> dict[str, Any]:
-    """`body` (chat or completions) asking for at most `cap` output tokens: the client's own
-    limit when it is lower, else `cap` (an operator's per-model `max_output_tokens`). The body
-    itself is returned when nothing changes, so that its bytes can be forwarded as they came."""
-    if cap is None:
-        return body
-    key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    asked = body.get(key)
-    if isinstance(asked, int) and not isinstance(asked, bool) and 0 < asked <= cap:
-        return body
-    return {**body, key: cap}
+def with_model_defaults(
+    body: dict[str, Any], cap: int | None, temperature: float | None
+) -> dict[str, Any]:
+    """`body` (chat or completions) under a catalogue entry's settings: at most `cap` output
+    tokens (the client's own limit when lower; `max_output_tokens`), and `temperature` when the
+    client sent none. The body itself is returned when nothing changes, so that its bytes can
+    be forwarded as they came."""
+    changes: dict[str, Any] = {}
+    if cap is not None:
+        key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        asked = body.get(key)
+        if not (isinstance(asked, int) and not isinstance(asked, bool) and 0 < asked <= cap):
+            changes[key] = cap
+    if temperature is not None and body.get("temperature") is None:
+        changes["temperature"] = temperature
+    return {**body, **changes} if changes else body

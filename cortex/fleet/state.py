@@ -115,6 +115,7 @@ class CatalogueEntry:
     aliases: tuple[str, ...] = ()
     vram_mb: float | None = None
     max_output_tokens: int | None = None
+    temperature: float | None = None
     embedding: bool = False
 
     @property

@@ -207,6 +207,20 @@ async def test_the_catalogue_caps_what_a_request_asks_for(
         assert neuron.bodies[-1] == raw
 
 
+@pytest.mark.parametrize(
+    ("default", "asked", "sent"),
+    [(None, None, None), (0.7, None, 0.7), (0.7, 1.2, 1.2), (0.7, 0, 0), (None, 0.3, 0.3)],
+)
+async def test_the_catalogue_temperature_applies_when_the_client_sends_none(
+    default: float | None, asked: float | None, sent: float | None
+) -> None:
+    neuron = ScriptedNeuron()
+    dispatcher = await _dispatcher(neuron, entry=CatalogueEntry("m", temperature=default))
+    body = BODY if asked is None else {**BODY, "temperature": asked}
+    await _chat(dispatcher, body)
+    assert json.loads(neuron.bodies[-1]).get("temperature") == sent
+
+
 async def test_an_alias_reaches_the_neuron_as_the_real_id() -> None:
     neuron = ScriptedNeuron()
     dispatcher = await _dispatcher(neuron)
