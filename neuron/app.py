@@ -19,6 +19,7 @@ from sanic.response import HTTPResponse, json, raw
 from neuron.api import access, lifecycle, openai
 from neuron.api.auth import inference_auth
 from neuron.config import NeuronConfig
+from neuron.engine import supports_gpu_offload
 from neuron.errors import NeuronError
 from neuron.gpu import GpuProbe, open_probe
 from neuron.manager import ModelManager
@@ -57,7 +58,7 @@ def create_app(config: NeuronConfig, *, probe: GpuProbe | None = None) -> Sanic:
     @app.before_server_start
     async def start(app: Sanic) -> None:
         app.ctx.probe = probe or open_probe()
-        app.ctx.gpu_offload = _llama_gpu_offload()
+        app.ctx.gpu_offload = supports_gpu_offload()
         app.ctx.metrics = NeuronMetrics()
         app.ctx.manager = ModelManager(config, app.ctx.probe, app.ctx.gpu_offload, app.ctx.metrics)
         app.ctx.metrics.watch(app.ctx.manager, app.ctx.probe)
@@ -143,11 +144,3 @@ async def _preload(app: Sanic) -> None:
             await manager.load(spec)
         except NeuronError as exc:
             log.error("preloading %s failed: %s", spec.id, exc.message)
-
-
-def _llama_gpu_offload() -> bool:
-    try:
-        import llama_cpp
-    except ImportError:
-        return False
-    return bool(llama_cpp.llama_supports_gpu_offload())

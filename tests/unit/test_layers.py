@@ -1,0 +1,126 @@
+"""The layer rules, read from the imports of every module (no module is imported to check it).
+
+* Pure decision modules (routing, eviction, fleet state, dialect translation, the TUI view,
+  batching and prefix planning, the GBNF checker) import no I/O: no HTTP, no llama.cpp, no
+  NVML, no asyncio, no logging, no processes or sockets.
+* llama_cpp is imported inside `neuron/engine/` only.
+* cortex and neuron are two programs: neither imports the other.
+
+What breaks a rule today is listed in `KNOWN` with the reason; each listed breach must still
+exist (so the list shrinks as the shared package lands), and nothing else may break a rule.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PURE = (
+    "cortex/fleet/routing.py",
+    "cortex/fleet/eviction.py",
+    "cortex/fleet/state.py",
+    "cortex/fleet/catalogue.py",
+    "cortex/dialects/",
+    "cortex/top/view.py",
+    "cortex/top/panels.py",
+    "cortex/top/common.py",
+    "neuron/engine/batching.py",
+    "neuron/engine/prefix.py",
+    "neuron/engine/gbnf.py",
+    "neuron/engine/text.py",
+    "neuron/engine/types.py",
+    "neuron/offload.py",
+)
+IO_MODULES = frozenset(
+    {
+        "sanic",
+        "httpx",
+        "aiohttp",
+        "llama_cpp",
+        "pynvml",
+        "asyncio",
+        "logging",
+        "socket",
+        "subprocess",
+        "threading",
+        "prometheus_client",
+        "gguf",
+    }
+)
+# (module, imported top-level package or first-party module) → why it is allowed for now.
+KNOWN = {
+    ("neuron/offload.py", "neuron.gguf_meta"): "geometry comes from the GGUF reader (issue 12)",
+    ("neuron/config.py", "cortex.tomlconf"): "one TOML loader, not yet in a shared package",
+    ("neuron/cli.py", "cortex.tomlconf"): "one TOML loader, not yet in a shared package",
+    ("cortex/local.py", "neuron.config"): "local mode starts a neuron with its defaults",
+    ("cortex/local.py", "neuron.sources"): "local mode catalogues the demo models",
+}
+
+
+def _imports(path: Path) -> set[str]:
+    """Top-level packages imported, and first-party modules by their full dotted name."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        for name in names:
+            parts = name.split(".")
+            found.add(name if parts[0] in ("cortex", "neuron") else parts[0])
+    return found
+
+
+def _modules() -> list[str]:
+    return sorted(
+        str(path.relative_to(ROOT))
+        for package in ("cortex", "neuron")
+        for path in (ROOT / package).rglob("*.py")
+    )
+
+
+def _breaches() -> set[tuple[str, str]]:
+    breaches = set()
+    for module in _modules():
+        imported = _imports(ROOT / module)
+        program = module.split("/")[0]
+        other = "neuron" if program == "cortex" else "cortex"
+        breaches |= {(module, name) for name in imported if name.split(".")[0] == other}
+        if not module.startswith("neuron/engine/"):
+            breaches |= {(module, "llama_cpp")} & {(module, name) for name in imported}
+        if module.startswith(PURE):
+            breaches |= {(module, name) for name in imported & IO_MODULES}
+            breaches |= {
+                (module, name)
+                for name in imported
+                if name.startswith(f"{program}.") and not _pure_target(name)
+            }
+    return breaches
+
+
+def _pure_target(name: str) -> bool:
+    """A first-party import a pure module may make: another pure module, or the error tree."""
+    path = name.replace(".", "/")
+    return f"{path}.py".startswith(PURE) or name in ("cortex.errors", "neuron.errors")
+
+
+def test_no_module_breaks_a_layer_rule_beyond_the_known_ones() -> None:
+    unexpected = _breaches() - set(KNOWN)
+    assert not unexpected, sorted(unexpected)
+
+
+@pytest.mark.parametrize(("breach", "reason"), KNOWN.items(), ids=lambda x: str(x))
+def test_each_known_breach_still_exists(breach: tuple[str, str], reason: str) -> None:
+    """When a listed breach is mended, its line in KNOWN goes too."""
+    assert breach in _breaches(), f"{breach} no longer breaks a rule ({reason}): drop it"
+
+
+def test_the_rules_catch_what_they_are_for(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("import httpx\nfrom neuron.engine.llama import LlamaEngine\nimport os.path\n")
+    assert _imports(probe) == {"httpx", "neuron.engine.llama", "os"}
