@@ -52,6 +52,9 @@ log = logging.getLogger("cortex.scheduler")
 
 BLOCKED_PATIENCE_S = 15.0  # how long a cold load waits for busy models in the way to finish
 BLOCKED_RETRY_S = 0.25
+# Neuron 409s that a fresh plan (or a short wait) can get past: a victim got busy, or the model
+# is still loading or unloading there.
+_PASSING_CONFLICTS = frozenset({"model_busy", "model_loading", "model_unloading"})
 
 
 @dataclass(frozen=True)
@@ -161,13 +164,14 @@ class Scheduler:
                     raise
                 await self._look_again(decision.candidates)
             except Conflict as exc:
-                # The chosen node is still unloading an old replica of this model (an eviction
-                # or an operator's unload that waits for its requests): wait for it like for
-                # a busy model in the way.
-                if exc.code != "model_unloading" or time.monotonic() >= patience:
-                    replans = self._replan(model_id, exc, replans)
-                else:
+                if exc.code not in _PASSING_CONFLICTS:
+                    raise  # e.g. model_conflict: that id holds another source there
+                if exc.code == "model_unloading" and time.monotonic() < patience:
+                    # The chosen node is still unloading an old replica of this model (an
+                    # eviction, or an operator's unload): wait for it like for a busy model.
                     await self._look_again(decision.candidates)
+                else:
+                    replans = self._replan(model_id, exc, replans)
             except NodeUnavailable as exc:
                 replans = self._replan(model_id, exc, replans)
 

@@ -21,7 +21,7 @@ import pytest
 
 from cortex.api.proxy import Dispatcher
 from cortex.config import GatewayConfig, NeuronEndpoint
-from cortex.errors import LoadTimeout, NoCapacity, UpstreamError
+from cortex.errors import Conflict, LoadTimeout, NoCapacity, UpstreamError
 from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.scheduler import Scheduler
 from cortex.fleet.state import CatalogueEntry, NodeState
@@ -226,3 +226,13 @@ async def test_an_alias_reaches_the_neuron_as_the_real_id() -> None:
     dispatcher = await _dispatcher(neuron)
     assert await _chat(dispatcher, {**BODY, "model": "claude-haiku-4-5"}) == ANSWER
     assert json.loads(neuron.bodies[-1])["model"] == "m"
+
+
+async def test_a_load_refused_for_good_is_the_neurons_409_not_a_retry() -> None:
+    neuron = ScriptedNeuron(state=None)
+    dispatcher = await _dispatcher(neuron)
+    neuron.load = [(409, _error("model_conflict", "'m' holds another source; unload it first"))]
+    with pytest.raises(Conflict) as raised:
+        await _chat(dispatcher)
+    assert raised.value.code == "model_conflict" and "unload it first" in raised.value.message
+    assert neuron.seen.count("POST /models/load") == 1
