@@ -78,10 +78,9 @@ async def _whole(
     dispatcher: Dispatcher, observer: RequestObserver, model: str, openai_body: dict[str, Any]
 ) -> HTTPResponse:
     raw = json.dumps(openai_body).encode()
-    exchange, content = await dispatcher.fetch(model, _CHAT, openai_body, raw)
+    exchange, upstream = await dispatcher.fetch_json(model, _CHAT, openai_body, raw)
     observer.placed(exchange.target.node, exchange.target.model_id, exchange.cold_load_s)
     observer.chunk()
-    upstream = json.loads(content)
     observer.usage(upstream.get("usage"))
     message = to_anthropic_response(
         upstream,

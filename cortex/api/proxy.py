@@ -212,6 +212,23 @@ class Dispatcher:
             await exchange.close()
         return exchange, content
 
+    async def fetch_json(
+        self, requested: str, path: str, body: dict[str, Any], raw: bytes
+    ) -> tuple[Exchange, dict[str, Any]]:
+        """A whole answer that is translated, not relayed: its JSON object. A neuron that
+        answers anything else has broken the contract: `NodeUnavailable`, and the node leaves
+        routing until it polls well."""
+        exchange, content = await self.fetch(requested, path, body, raw)
+        try:
+            answer = json.loads(content)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            node = exchange.target.node
+            self.node_failed(node, "malformed answer")
+            raise NodeUnavailable(f"neuron {node} sent a malformed answer")
+        return exchange, answer
+
     def ready(self, requested: str) -> Target | None:
         """A ready replica of `requested` now, or None when it must load first.
 

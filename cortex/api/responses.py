@@ -94,15 +94,10 @@ async def _whole(
     dispatcher: Dispatcher, observer: RequestObserver, parsed: ResponsesRequest, created_at: int
 ) -> HTTPResponse:
     raw = json.dumps(parsed.chat).encode()
-    exchange, content = await dispatcher.fetch(parsed.model, sse.CHAT_PATH, parsed.chat, raw)
+    exchange, upstream = await dispatcher.fetch_json(parsed.model, sse.CHAT_PATH, parsed.chat, raw)
     observer.placed(exchange.target.node, exchange.target.model_id, exchange.cold_load_s)
     observer.chunk()
-    try:
-        upstream = json.loads(content)
-    except ValueError:
-        upstream = {}
-    if isinstance(upstream, dict):
-        observer.usage(upstream.get("usage"))
+    observer.usage(upstream.get("usage"))
     answer = to_response(
         upstream,
         parsed.echo,

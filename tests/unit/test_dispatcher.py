@@ -21,7 +21,7 @@ import pytest
 
 from cortex.api.proxy import Dispatcher
 from cortex.config import GatewayConfig, NeuronEndpoint
-from cortex.errors import Conflict, LoadTimeout, NoCapacity, UpstreamError
+from cortex.errors import Conflict, LoadTimeout, NoCapacity, NodeUnavailable, UpstreamError
 from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.scheduler import Scheduler
 from cortex.fleet.state import CatalogueEntry, NodeState
@@ -42,7 +42,7 @@ class ScriptedNeuron:
 
     def __init__(self, state: str | None = "ready") -> None:
         self.state = state
-        self.chat: list[tuple[int, dict[str, Any]]] = [(200, ANSWER)]
+        self.chat: list[tuple[int, Any]] = [(200, ANSWER)]  # a body: a JSON value or raw bytes
         self.load: list[tuple[int, dict[str, Any]]] = [(200, {"id": "m", "state": "ready"})]
         self.seen: list[str] = []
         self.bodies: list[bytes] = []
@@ -82,7 +82,7 @@ class ScriptedNeuron:
             return httpx.Response(
                 status,
                 headers={"content-type": "application/json", "retry-after": "5"},
-                stream=_Streamed(json.dumps(body).encode()),
+                stream=_Streamed(body if isinstance(body, bytes) else json.dumps(body).encode()),
             )
         return httpx.Response(404, json={"error": {"message": "no route"}})
 
@@ -97,7 +97,7 @@ class _Streamed(httpx.AsyncByteStream):
         yield self.data
 
 
-def _nth(answers: list[tuple[int, dict[str, Any]]], index: int) -> tuple[int, dict[str, Any]]:
+def _nth(answers: list[tuple[int, Any]], index: int) -> tuple[int, Any]:
     return answers[min(index, len(answers) - 1)]
 
 
@@ -236,3 +236,15 @@ async def test_a_load_refused_for_good_is_the_neurons_409_not_a_retry() -> None:
         await _chat(dispatcher)
     assert raised.value.code == "model_conflict" and "unload it first" in raised.value.message
     assert neuron.seen.count("POST /models/load") == 1
+
+
+@pytest.mark.parametrize("answer", [b"<html>proxy error</html>", b"[1, 2]", b""])
+async def test_a_malformed_whole_answer_is_node_unavailable_and_the_node_leaves_routing(
+    answer: bytes,
+) -> None:
+    neuron = ScriptedNeuron()
+    dispatcher = await _dispatcher(neuron)
+    neuron.chat = [(200, answer)]
+    with pytest.raises(NodeUnavailable, match="malformed answer"):
+        await dispatcher.fetch_json("m", "/v1/chat/completions", BODY, json.dumps(BODY).encode())
+    assert not dispatcher.registry.node("n").up
