@@ -21,15 +21,19 @@ through `label()`, so that no text a neuron reports can make an exposition fail 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cortex.errors import CortexError
 from cortex.fleet.registry import FleetRegistry
 from cortex.stats import RollingStats, Sample
 
@@ -168,9 +172,18 @@ class GatewayMetrics:
             self.single_flight_joins.labels(model).inc()
 
 
+@dataclass
+class Outcome:
+    """How a request ended, as `RequestObserver.observing` records it: a handler that streams
+    sets it from what the relay reports; an exception sets it from the error."""
+
+    status: int = 200
+    code: str | None = None
+
+
 class RequestObserver:
     """Measures one request from arrival to its last byte; `finish` records its metrics and
-    writes its access-log line, once."""
+    writes its access-log line, once. Handlers wrap their work in `observing()`."""
 
     def __init__(
         self,
@@ -199,6 +212,22 @@ class RequestObserver:
         self.last_at: float | None = None
         self.prompt_tokens = 0
         self.completion_tokens = 0
+
+    @contextlib.contextmanager
+    def observing(self) -> Iterator[Outcome]:
+        """Finish once however the block ends: with its `Outcome`, a `CortexError`'s status and
+        code, or a client that went away (`CancelledError`)."""
+        outcome = Outcome()
+        try:
+            yield outcome
+        except CortexError as exc:
+            outcome.status, outcome.code = exc.status, exc.code
+            raise
+        except asyncio.CancelledError:
+            self.client_gone = True
+            raise
+        finally:
+            self.finish(outcome.status, outcome.code)
 
     def requested(self, name: str) -> None:
         self.model = label(self._known_model(name))

@@ -55,23 +55,16 @@ async def count_tokens(request: Request) -> HTTPResponse:
 @bp.post("/messages")
 async def messages(request: Request) -> HTTPResponse | None:
     observer = observe(request, "anthropic", "messages")
-    status, code = 200, None
-    try:
+    with observer.observing() as outcome:
         model, openai_body = validation.anthropic_request(request)
         observer.requested(model)
         dispatcher: Dispatcher = request.app.ctx.dispatcher
         if not openai_body.get("stream"):
             return await _whole(dispatcher, observer, model, openai_body)
-        status, code = await _stream(request, dispatcher, observer, model, openai_body)
+        outcome.status, outcome.code = await _stream(
+            request, dispatcher, observer, model, openai_body
+        )
         return None
-    except CortexError as exc:
-        status, code = exc.status, exc.code
-        raise
-    except asyncio.CancelledError:  # the client went away
-        observer.client_gone = True
-        raise
-    finally:
-        observer.finish(status, code)
 
 
 async def _whole(

@@ -10,7 +10,6 @@ the neuron stop generating.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from typing import Any
@@ -82,26 +81,19 @@ def observe(request: Request, dialect: str, endpoint: str) -> RequestObserver:
 
 async def relay(request: Request, path: str, endpoint: str) -> HTTPResponse | None:
     observer = observe(request, "openai", endpoint)
-    status, code = 200, None
-    try:
+    with observer.observing() as outcome:
         body = validation.openai_request(request, endpoint)
         model = body["model"]
         observer.requested(model)
         dispatcher: Dispatcher = request.app.ctx.dispatcher
         if body.get("stream") is not True:
             response = await _relay_whole(dispatcher, observer, model, path, body, request.body)
-            status = response.status
+            outcome.status = response.status
             return response
-        status, code = await _relay_stream(request, dispatcher, observer, model, path, body)
+        outcome.status, outcome.code = await _relay_stream(
+            request, dispatcher, observer, model, path, body
+        )
         return None
-    except CortexError as exc:
-        status, code = exc.status, exc.code
-        raise
-    except asyncio.CancelledError:  # the client went away
-        observer.client_gone = True
-        raise
-    finally:
-        observer.finish(status, code)
 
 
 async def _relay_whole(

@@ -10,7 +10,6 @@ the stream has begun they are an `error` event and `response.failed`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import time
@@ -59,8 +58,7 @@ class _Framer:
 @bp.post("/responses")
 async def responses(request: Request) -> HTTPResponse | None:
     observer = observe(request, "responses", "responses")
-    status, code = 200, None
-    try:
+    with observer.observing() as outcome:
         parsed = validation.responses_request(request)
         observer.requested(parsed.model)
         dispatcher: Dispatcher = request.app.ctx.dispatcher
@@ -76,18 +74,10 @@ async def responses(request: Request) -> HTTPResponse | None:
             new_id=_new_id,
             namespaces=parsed.namespaces,
         )
-        status, code = await sse.relay(
+        outcome.status, outcome.code = await sse.relay(
             request, dispatcher, observer, parsed.model, parsed.chat, _Framer(stream)
         )
         return None
-    except CortexError as exc:
-        status, code = exc.status, exc.code
-        raise
-    except asyncio.CancelledError:  # the client went away
-        observer.client_gone = True
-        raise
-    finally:
-        observer.finish(status, code)
 
 
 async def _whole(
