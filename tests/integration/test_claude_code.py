@@ -18,6 +18,8 @@ import pytest
 from tests.conftest import CortexProcess
 from tests.unit.test_claude_code_bodies import NAMES, fixture, next_turn
 
+pytestmark = pytest.mark.slow  # real neurons, real models
+
 MODELS = """
 [[models]]
 id = "smol"

@@ -19,6 +19,8 @@ import pytest
 
 from tests.conftest import ROOT, CortexProcess, NeuronProcess, free_port
 
+pytestmark = pytest.mark.slow  # real neurons, real models
+
 SMOL = "smollm2-135m-instruct"
 SLASHED = "org/smol-b:Q4"
 MODELS_TOML = f"""\

@@ -18,6 +18,8 @@ import pytest
 
 from tests.conftest import CortexProcess
 
+pytestmark = pytest.mark.slow  # real neurons, real models
+
 SMOL = "smollm2-135m-instruct"
 MODELS_TOML = f"""
 # the test catalogue

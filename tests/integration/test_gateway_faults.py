@@ -10,6 +10,8 @@ import pytest
 
 from tests.conftest import CortexProcess
 
+pytestmark = pytest.mark.slow  # real neurons, real models
+
 SMOL = "smollm2-135m-instruct"
 MODELS = f'[[models]]\nid = "smol"\nsource = "{SMOL}"\nn_ctx = 1024\n'
 

@@ -6,8 +6,11 @@ import time
 
 import httpx
 import openai
+import pytest
 
 from tests.conftest import CortexProcess
+
+pytestmark = pytest.mark.slow  # real neurons, real models
 
 SMOL = "smollm2-135m-instruct"
 MODELS = "".join(

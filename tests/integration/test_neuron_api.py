@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import write_split_gguf
 
+pytestmark = pytest.mark.slow  # real neurons, real models
+
 SMOL = "smollm2-135m-instruct"
 GEMMA = "gemma3-270m"
 

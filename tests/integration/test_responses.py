@@ -12,6 +12,8 @@ import pytest
 from tests.conftest import CortexProcess
 from tests.unit.test_responses_stream import assert_grammar
 
+pytestmark = pytest.mark.slow  # real neurons, real models
+
 SMOL = "smollm2-135m-instruct"
 MODELS = f"""
 [[models]]

@@ -31,6 +31,8 @@ import pytest
 from cortex.top.view import FREE_CHAR, MODEL_CHARS
 from tests.conftest import ROOT, CortexProcess, free_port
 
+pytestmark = pytest.mark.slow  # real neurons, real models
+
 MODELS_TOML = """
 [[models]]
 id = "smol"
