@@ -84,12 +84,13 @@ class Prober(threading.Thread):
 
     def run(self) -> None:
         with httpx.Client(timeout=5) as client:
-            while not self.done.is_set():
+            while True:  # at least one round, however soon it is stopped
                 for path in ("/health", "/v1/models"):
                     started = time.monotonic()
                     self.statuses.add(client.get(self.url + path).status_code)
                     self.latencies.append(time.monotonic() - started)
-                time.sleep(0.05)
+                if self.done.wait(0.05):
+                    return
 
 
 def freeze_mid_stream(
@@ -111,6 +112,7 @@ def freeze_mid_stream(
                 os.kill(neuron.proc.pid, signal.SIGSTOP)
                 frozen_at = time.monotonic()
                 prober.start()
+    assert frozen_at, f"the answer ended before the freeze: {events}"
     ended_after = time.monotonic() - frozen_at
     prober.done.set()
     prober.join()
@@ -127,7 +129,13 @@ def thaw(cortex: CortexProcess, neuron: NeuronProcess) -> None:
 
 def test_openai_stream_ends_with_an_error_when_the_neuron_freezes(frozen_fleet) -> None:
     cortex, neuron = frozen_fleet
-    body = {"model": "smol", "prompt": "1, 2, 3,", "max_tokens": 900, "stream": True}
+    body = {
+        "model": "smol",
+        "prompt": "1, 2, 3,",
+        "max_tokens": 900,
+        "temperature": 0,
+        "stream": True,
+    }
     events, ended_after = freeze_mid_stream(cortex, neuron, "/v1/completions", body)
     assert ended_after < IDLE_S + 2, ended_after
     assert events[-1] == "[DONE]"
@@ -140,11 +148,12 @@ def test_openai_stream_ends_with_an_error_when_the_neuron_freezes(frozen_fleet) 
 
 def test_anthropic_stream_ends_with_an_error_event_when_the_neuron_freezes(frozen_fleet) -> None:
     cortex, neuron = frozen_fleet
-    body = {
-        "model": "smol",
+    body = {  # greedy SmolLM2 writes this story for all 900 tokens (a short answer could end
+        "model": "smol",  # before the freeze takes hold)
         "max_tokens": 900,
+        "temperature": 0,
         "stream": True,
-        "messages": [{"role": "user", "content": "Count from one to five hundred."}],
+        "messages": [{"role": "user", "content": "Write a long story about a dragon."}],
     }
     events, ended_after = freeze_mid_stream(cortex, neuron, "/v1/messages", body)
     assert ended_after < IDLE_S + 2, ended_after
