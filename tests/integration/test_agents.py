@@ -1,7 +1,7 @@
 """The real coding agents against a real gateway: Claude Code, Codex CLI and opencode.
 
 The agents are the npm packages pinned in tests/agents (the test command installs them with
-`npm ci --prefix tests/agents`). Each runs one non-interactive prompt (`claude -p`, `codex
+`npm install --prefix tests/agents`). Each runs one non-interactive prompt (`claude -p`, `codex
 exec`, `opencode run`) against a gateway and one neuron serving SmolLM2, through
 `RecordingProxy`, and must exit 0 with an answer. Every request it sent is then checked: a 2xx
 (a stream ending with its dialect's last event), or an error in its dialect's envelope; and the
@@ -76,7 +76,7 @@ def agent(name: str) -> Path:
     path = AGENTS / name
     if not path.exists():
         pytest.fail(
-            f"{name} is not installed: run `npm ci --prefix tests/agents` "
+            f"{name} is not installed: run `npm install --prefix tests/agents` "
             "(the README's test command does)"
         )
     return path
