@@ -284,8 +284,12 @@ def test_unknown_never_feasible_and_no_capacity(client: openai.OpenAI, fleet) ->
     with pytest.raises(openai.NotFoundError) as giant:
         ask(client, "giant")
     assert "VRAM" in giant.value.body["message"] or "vram" in giant.value.body["message"]
+    # smol-c must be resident nowhere, whatever earlier tests left loaded: a resident replica
+    # still serves on a cordoned node, and the 503 is about a model that needs a load.
+    httpx.post(f"{fleet.url}/admin/models/smol-c/unload", json={"force": True}, timeout=60)
     for name in SIZES:
         httpx.post(f"{fleet.url}/admin/nodes/{name}/drain")
+    assert not locations(fleet, "smol-c")
     response = httpx.post(
         fleet.url + "/v1/chat/completions",
         json={"model": "smol-c", "messages": [{"role": "user", "content": "x"}]},
