@@ -31,7 +31,7 @@ from cortex.fleet.state import NodeState
 from cortex.metrics import GatewayMetrics, log_access
 from cortex.nodes.client import NeuronClient
 from cortex.nodes.poller import Poller
-from cortex.tomlconf import parse_listen
+from synapse.tomlconf import parse_listen
 
 log = logging.getLogger("cortex")
 

@@ -28,7 +28,7 @@ import httpx
 from rich.console import Console
 
 from cortex.cli_views import NONE, model_rows, models_table, status_view
-from cortex.tomlconf import ConfigError, parse_listen
+from synapse.tomlconf import ConfigError, parse_listen
 
 DEFAULT_URL = "http://127.0.0.1:31313"
 CONNECT_TIMEOUT_S = 5.0
@@ -156,6 +156,7 @@ def serve_command(args: argparse.Namespace) -> int:
             neuron.stop()
         return 2
     from cortex.app import create_app
+    from synapse.serving import serve
 
     app = create_app(config)
     host, port = parse_listen(config.listen)
@@ -165,7 +166,7 @@ def serve_command(args: argparse.Namespace) -> int:
         else:
             ids = ", ".join(entry.id for entry in config.models) or "none"
             print(f"cortex: serving on http://{host}:{port}  models: {ids}", file=sys.stderr)
-        app.run(host=host, port=port, single_process=True, motd=False, access_log=False)
+        serve(app, host, port)
     finally:
         if neuron is not None:
             neuron.stop()

@@ -15,7 +15,7 @@ import tomlkit
 
 from cortex.fleet.eviction import Strategy
 from cortex.fleet.state import CatalogueEntry
-from cortex.tomlconf import ConfigError, TomlTable, listen_address, non_negative, positive
+from synapse.tomlconf import ConfigError, TomlTable, listen_address, non_negative, positive
 
 DEFAULT_CONFIG_PATH = Path("/etc/cortex/cortex.toml")
 

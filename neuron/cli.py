@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cortex.tomlconf import ConfigError, parse_listen
+from synapse.tomlconf import ConfigError, parse_listen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,16 +33,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from neuron.app import create_app
     from neuron.engine import limit_malloc_arenas
+    from synapse.serving import serve
 
     limit_malloc_arenas()
     app = create_app(config)
-    app.run(
-        host=config.host,
-        port=config.port,
-        single_process=True,
-        motd=False,
-        access_log=False,
-    )
+    serve(app, config.host, config.port)
     return 0
 
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cortex.tomlconf import (
+from synapse.tomlconf import (
     ConfigError,
     TomlTable,
     listen_address,

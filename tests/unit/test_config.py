@@ -8,8 +8,8 @@ import pytest
 
 from cortex.config import load_config, set_pinned
 from cortex.fleet.eviction import Strategy
-from cortex.tomlconf import ConfigError
 from neuron.config import load_config as load_neuron_config
+from synapse.tomlconf import ConfigError
 
 GOOD = """
 models_config = "models.toml"

@@ -19,9 +19,9 @@ import pytest
 from cortex.config import GatewayConfig, NeuronEndpoint, load_config, load_models
 from cortex.fleet.eviction import Strategy
 from cortex.fleet.state import CatalogueEntry
-from cortex.tomlconf import TomlTable
 from neuron.config import Admission, ModelSpec, NeuronConfig
 from neuron.config import load_config as load_neuron_config
+from synapse.tomlconf import TomlTable
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 EXAMPLES = ("cortex.example.toml", "models.example.toml", "neuron.example.toml")

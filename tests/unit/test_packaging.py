@@ -14,7 +14,7 @@ def test_every_package_is_listed_in_pyproject() -> None:
     listed = set(setuptools["packages"])
     found = {
         ".".join(init.parent.relative_to(ROOT).parts)
-        for top in ("cortex", "neuron")
+        for top in ("cortex", "neuron", "synapse")
         for init in (ROOT / top).rglob("__init__.py")
     }
     assert found | {"cortex_quantize"} == listed
