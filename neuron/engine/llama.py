@@ -369,9 +369,6 @@ class LlamaEngine:
         return ctx
 
     def _free_native(self) -> None:
-        for generation in self._active:
-            if generation.sampler is not None:
-                generation.sampler.close()
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
@@ -386,6 +383,9 @@ class LlamaEngine:
 
     def _fail_all(self, error: NeuronError) -> None:
         for generation in [*self._active, *self._waiting]:
+            if generation.sampler is not None:  # a chain is native memory: free it here
+                generation.sampler.close()
+                generation.sampler = None
             self._emit(generation, error)
         self._active.clear()
         self._waiting.clear()
