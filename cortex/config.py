@@ -22,6 +22,9 @@ DEFAULT_CONFIG_PATH = Path("/etc/cortex/cortex.toml")
 
 @dataclass(frozen=True)
 class NeuronEndpoint:
+    """One `[[neurons]]` entry: the node's name in the fleet (unique), its base URL (http or https,
+    no trailing slash) and the bearer token sent with every call to it, if any."""
+
     name: str
     endpoint: str
     token: str | None = None
@@ -29,6 +32,13 @@ class NeuronEndpoint:
 
 @dataclass(frozen=True)
 class GatewayConfig:
+    """Everything the gateway runs with, read from cortex.toml and models.toml (or `local_config`).
+
+    Durations are seconds and `max_body_mb` is MiB; 0 turns `idle_unload_after_s` and
+    `defrag_after_cycles` off, and `metrics_listen` None serves no metrics port. Pins are written
+    back to `models_path` when that file exists; otherwise they last until the gateway stops.
+    """
+
     listen: str = "0.0.0.0:31313"
     metrics_listen: str | None = "0.0.0.0:31314"
     api_keys: frozenset[str] = frozenset()
@@ -49,7 +59,6 @@ class GatewayConfig:
     aliases: dict[str, str] = field(default_factory=dict)
     models_path: Path | None = None
     source_path: Path | None = None
-    local_mode: bool = False
 
 
 def load_config(path: Path) -> GatewayConfig:

@@ -32,6 +32,13 @@ def anthropic_type(status: int) -> str:
 
 
 class CortexError(Exception):
+    """Base of every error the gateway answers with, rendered in the dialect of the route.
+
+    `status` is the HTTP status and `type`/`code` the OpenAI envelope's fields (a `code` given when
+    raising overrides the class's); `param` names the offending field, and `retry_after` (seconds)
+    adds a Retry-After header. Once a stream has begun, the relays send it as an in-stream error.
+    """
+
     status: int = 500
     type: str = "server_error"
     code: str | None = "internal_error"
@@ -74,6 +81,13 @@ class CortexError(Exception):
 
 
 class InvalidRequest(CortexError):
+    """The request is wrong as sent, and sending it again unchanged cannot help (400).
+
+    Raised by body decoding and field checks (`cortex.api.validation`, `cortex.dialects`) and by the
+    admin routes, with `param` naming the field where one can be named; some causes carry their own
+    `code` (``invalid_schema``, ``context_length_exceeded``).
+    """
+
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
@@ -88,28 +102,46 @@ class BodyTooLarge(CortexError):
 
 
 class Unauthorized(CortexError):
+    """No valid key was presented (401): on /v1/ routes when `api_keys` are set, on /admin/ routes
+    when `admin_keys` are set. Keys come as ``Authorization: Bearer`` or ``x-api-key``."""
+
     status = 401
     type = "authentication_error"
     code = "invalid_api_key"
 
 
 class Forbidden(CortexError):
+    """An /admin/ route was called by a non-loopback client while no `admin_keys` are set (403)."""
+
     status = 403
     type = "permission_error"
     code = "forbidden"
 
 
 class NotFound(CortexError):
+    """Something named in the request does not exist (404): raised as is for an unknown neuron
+    name in admin actions; unknown models are `ModelNotFound`."""
+
     status = 404
     type = "not_found_error"
     code = "not_found"
 
 
 class ModelNotFound(NotFound):
+    """The model is unknown to the fleet, larger than any node could ever hold, or not loaded where
+    an unload asked for it (404); the code tells it apart from other 404s."""
+
     code = "model_not_found"
 
 
 class Conflict(CortexError):
+    """A neuron answered a model-management call with 409; `code` is the neuron's own
+    (``model_busy``, ``model_loading``, ``model_unloading``, ``model_conflict``, …).
+
+    During a cold load the scheduler waits or re-plans on the first three; otherwise it reaches the
+    client as a 409.
+    """
+
     status = 409
     type = "conflict_error"
     code = "conflict"
@@ -132,6 +164,9 @@ class NodeUnavailable(CortexError):
 
 
 class LoadTimeout(CortexError):
+    """A request waited longer than `cold_load_timeout_s` for its model's cold load (504, with a
+    Retry-After). Only the wait ends: the load itself goes on for the other waiters."""
+
     status = 504
     type = "timeout_error"
     code = "cold_load_timeout"

@@ -106,6 +106,5 @@ def local_config(neuron: LocalNeuron, listen: str) -> GatewayConfig:
         metrics_listen=None,
         neurons=(NeuronEndpoint(name="local", endpoint=neuron.endpoint),),
         models=tuple(local_catalogue(list(default_model_dirs()))),
-        local_mode=True,
         poll_interval_s=1.0,
     )

@@ -81,6 +81,13 @@ def label(value: object) -> str:
 
 
 class GatewayMetrics:
+    """The gateway's Prometheus registry and the rolling `stats`, one per app.
+
+    Request metrics are written by `RequestObserver`, scheduler ones by `on_scheduler_event`; fleet
+    gauges are read from the registry at scrape time once `watch_fleet` is called. Every label is
+    bounded (see the module docstring).
+    """
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.stats = RollingStats()

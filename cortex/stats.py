@@ -15,6 +15,13 @@ WINDOW_S = 60.0
 
 @dataclass(frozen=True)
 class Sample:
+    """One finished request, as `RollingStats` counts it.
+
+    `at` is UNIX seconds; `model` is the request's bounded metric label; `tokens` its completion
+    tokens; `ttft_s` seconds from reaching a ready replica to the first byte relayed (the whole
+    answer when not streamed), None when it got no answer; `error` is a status of 400 or more.
+    """
+
     at: float
     model: str
     tokens: int
@@ -23,6 +30,14 @@ class Sample:
 
 
 class RollingStats:
+    """The samples of the last `window_s` seconds, summarised as per-second rates and per-model TTFT
+    percentiles.
+
+    Rates divide by the whole window, so they read low for the first window after start. At most
+    `max_samples` are kept (the oldest go first), and `summary(now)` drops those older than the
+    window. No locking: the gateway adds and reads on its event loop.
+    """
+
     def __init__(self, window_s: float = WINDOW_S, max_samples: int = 100_000) -> None:
         self.window_s = window_s
         self._samples: deque[Sample] = deque(maxlen=max_samples)

@@ -18,6 +18,13 @@ from neuron.errors import RateLimited
 
 
 class AdmissionGate:
+    """One model's admission control: at most `limits.max_in_flight` requests hold a slot, and at
+    most `max_queue_depth` wait, first come first served, for up to `max_wait_s` each.
+
+    `limits.max_in_flight` must be set (the manager fills in a None). Event loop only; `in_flight`,
+    `waiting` and `rejected` are live counts that /health and /metrics read.
+    """
+
     def __init__(self, limits: Admission, on_wait: Callable[[float], None] | None = None) -> None:
         self.limits = limits
         self._on_wait = on_wait

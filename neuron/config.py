@@ -58,6 +58,14 @@ class Admission:
 
 @dataclass(frozen=True)
 class NeuronConfig:
+    """Everything a neuron runs with, from neuron.toml (defaults when the default file is absent)
+    and the environment.
+
+    Sizes are MiB (`vram_headroom_mb` is kept free on every GPU) and durations seconds; `parallel`
+    is how many sequences a model decodes together unless its spec says; `n_threads` None lets the
+    engine choose; with no `auth_token` every route is open. `default_models` load at startup.
+    """
+
     listen: str = DEFAULT_LISTEN
     model_dirs: tuple[Path, ...] = ()
     hf_cache: Path | None = None

@@ -49,6 +49,13 @@ class GgufFormatError(Exception):
 
 @dataclass(frozen=True)
 class ModelGeometry:
+    """What memory planning needs from one GGUF, or all parts of a split one: hyper-parameters from
+    the first part's metadata, tensor sizes summed over every part.
+
+    Sizes are bytes. `n_head_kv` and `swa_layers` hold one entry per layer; `layer_bytes`,
+    `output_bytes` and `token_embd_bytes` count every tensor once (see the module docstring).
+    """
+
     architecture: str
     name: str | None
     file_bytes: int

@@ -36,6 +36,10 @@ _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]*)$", re.IGNORECASE)
 
 @dataclass(frozen=True)
 class DeviceInfo:
+    """A GPU's fixed description: `index` is the CUDA ordinal, `vram_total_mb` MiB,
+    `compute_capability` ``"major.minor"``; `compute_capability` and `uuid` are None when the
+    driver does not report them."""
+
     index: int
     name: str
     vram_total_mb: int
@@ -45,6 +49,9 @@ class DeviceInfo:
 
 @dataclass(frozen=True)
 class DeviceStatus:
+    """A GPU's memory and load right now: VRAM in MiB, `utilization_pct` in percent and `temp_c` in
+    °C (None when the driver does not report them)."""
+
     index: int
     vram_total_mb: int
     vram_used_mb: int
@@ -54,6 +61,14 @@ class DeviceStatus:
 
 
 class GpuProbe(Protocol):
+    """What the neuron asks of its GPUs: the devices, their live status, and bookkeeping of the
+    memory each model plans to use.
+
+    `kind` names the implementation (``nvml``, ``fake``, ``none``) and `backend_reason` says why
+    there is no CUDA (None with GPUs). `reserve` replaces an owner's earlier reservation and is a
+    no-op where memory is measured. Every method is thread-safe; `close` is idempotent.
+    """
+
     kind: str  # "nvml" | "fake" | "none"
     backend_reason: str | None  # why there is no CUDA; None when GPUs are present
     driver_version: str | None

@@ -48,6 +48,10 @@ FAILED_KEPT = 8  # at most this many failed loads are listed at once
 
 
 class ModelState(StrEnum):
+    """A resident's life: `loading` → `ready` → `unloading` → gone, or `loading` → `failed`
+    (listed with its error for `FAILED_TTL_S`, at most `FAILED_KEPT` at once, then forgotten).
+    Only `ready` serves requests. The values are what /models and /health report."""
+
     LOADING = "loading"
     READY = "ready"
     UNLOADING = "unloading"

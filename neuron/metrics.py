@@ -1,4 +1,4 @@
-"""The neuron's Prometheus metrics, served at GET /metrics on its own port.
+"""The neuron's Prometheus metrics, served at GET /metrics on the neuron's own API port.
 
 Counters and histograms are updated by the request handlers (requests, tokens, queue wait);
 gauges are read from the model manager and the GPU probe at scrape time (in-flight, queue depth,
@@ -21,6 +21,9 @@ MIB = 1024 * 1024
 
 
 class NeuronMetrics:
+    """The neuron's Prometheus registry: counters and histograms the handlers update, plus gauges
+    read from the model manager and the GPU probe at scrape time once `watch` is called."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry

@@ -78,6 +78,10 @@ class MemoryEstimate:
 
 @dataclass(frozen=True)
 class OffloadPlan:
+    """How a load is split between the GPUs and the host: llama.cpp's `n_gpu_layers` (0 = CPU only,
+    ``n_layers + 1`` = everything; `fits_fully` then), the `tensor_split` block counts per device
+    (None unless there are several devices), and the MiB planned per device index."""
+
     n_gpu_layers: int
     tensor_split: tuple[float, ...] | None
     fits_fully: bool

@@ -59,6 +59,9 @@ _REPO_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 @dataclass(frozen=True)
 class ResolvedSource:
+    """A model source resolved to existing GGUF file(s): `spec` as asked (stripped), `kind` the rule
+    that matched it, and `paths` every file to load, part 1 of a split GGUF first."""
+
     spec: str
     kind: str  # "catalogue" | "path" | "file" | "hf"
     paths: tuple[Path, ...]  # one GGUF, or every part of a split GGUF in order

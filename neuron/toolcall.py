@@ -186,6 +186,10 @@ def plan_tools(
 
 @dataclass(frozen=True)
 class ParsedReply:
+    """Generated text split for an OpenAI answer: `content` is the text before the first call
+    (stripped; None when nothing is left) and `tool_calls` the calls found, as OpenAI ``tool_calls``
+    entries with fresh ids. With no call, `content` is the whole text and `tool_calls` is empty."""
+
     content: str | None
     tool_calls: list[dict[str, Any]]
 

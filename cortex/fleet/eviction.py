@@ -44,6 +44,9 @@ __all__ = [
 
 
 class Strategy(StrEnum):
+    """The order eviction takes its candidates in (see the module docstring): `lru` or `priority`.
+    The value is `[eviction] strategy` in cortex.toml and becomes each `Victim.reason`."""
+
     LRU = "lru"
     PRIORITY = "priority"
 

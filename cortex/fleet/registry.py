@@ -24,6 +24,13 @@ EVENT_HISTORY = 200
 
 @dataclass(frozen=True)
 class FleetEvent:
+    """One entry of the fleet's event feed (a load, eviction, unload, pin, node going up or
+    down…), as the admin API and `cortex top` show it.
+
+    `seq` counts from 1 per registry; `at` is UNIX seconds from the registry's clock; `node`,
+    `model` and `reason` are None where they do not apply, and `as_dict` leaves them out.
+    """
+
     seq: int
     at: float
     kind: str  # load, load_failed, evict, unload, node_up, node_down, node_restarted, drain, …
@@ -37,6 +44,14 @@ class FleetEvent:
 
 
 class FleetRegistry:
+    """The one mutable holder of fleet state: nodes, catalogue, aliases, cortex's live in-flight
+    counts, and the last `EVENT_HISTORY` events.
+
+    Writers replace whole frozen values (`put_node`, `update_node`, `put_entry`); readers take
+    `snapshot()`, which is cached until the next write. No locks and no I/O: every write happens on
+    the gateway's event loop.
+    """
+
     def __init__(
         self,
         nodes: Iterable[NodeState],

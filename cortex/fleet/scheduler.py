@@ -59,11 +59,22 @@ _PASSING_CONFLICTS = frozenset({"model_busy", "model_loading", "model_unloading"
 
 @dataclass(frozen=True)
 class Target:
+    """Where a request goes: the replica of model `model_id` (aliases already resolved) on neuron
+    `node`, ready to serve."""
+
     node: str
     model_id: str
 
 
 class Scheduler:
+    """Carries routing and eviction decisions out against the neurons: single-flight cold loads,
+    evictions, admin loads and unloads, and housekeeping (idle unloads, emptying cordoned nodes,
+    defragmentation).
+
+    On the event loop: `start` runs `housekeep` every `poll_interval_s`; `stop` cancels it and
+    every load in flight. Loads, failed loads, evictions and single-flight joins go to `on_event`.
+    """
+
     def __init__(
         self,
         config: GatewayConfig,

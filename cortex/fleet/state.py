@@ -1,8 +1,9 @@
 """The gateway's picture of the fleet: frozen values that pure decision modules read.
 
-The poller builds a new `FleetSnapshot` from what neurons report; the scheduler and handlers
-read snapshots and never mutate them. Times are UNIX seconds (floats) supplied by the caller, so
-routing and eviction stay pure and testable with any `now`.
+The poller turns what neurons report into `NodeState`s, the registry assembles them into a
+`FleetSnapshot`, and the scheduler and handlers read snapshots and never mutate them. Times are
+UNIX seconds (floats) supplied by the caller, so routing and eviction stay pure and testable
+with any `now`.
 
 Name resolution (`FleetSnapshot.resolve`, `resolve_alias`): an exact alias wins; then a name
 that is a model id (in the catalogue or resident) is itself; then the alias *patterns* (keys
@@ -26,6 +27,9 @@ FAILED = "failed"
 
 @dataclass(frozen=True)
 class GpuState:
+    """One GPU of a node as its neuron last reported it: `index` is the neuron's device index, VRAM
+    is in MiB, `utilization_pct` in percent and `temp_c` in °C (None when not reported)."""
+
     index: int
     name: str
     vram_total_mb: float
@@ -74,6 +78,12 @@ class ModelSlot:
 
 @dataclass(frozen=True)
 class NodeState:
+    """One neuron as the gateway last saw it: reachability, drain flags, GPUs and resident models.
+
+    `misses` counts missed polls in a row; a node marked down lists no models. `last_seen` is the
+    UNIX time of the last good poll. A node without GPUs is CPU-only and its VRAM totals are 0.
+    """
+
     name: str
     endpoint: str
     up: bool = False
@@ -125,6 +135,12 @@ class CatalogueEntry:
 
 @dataclass(frozen=True)
 class FleetSnapshot:
+    """The whole fleet at one moment: nodes by name, catalogue entries by id, alias keys to ids.
+
+    `FleetRegistry.snapshot()` builds it with read-only mappings, and a slot's `in_flight` there
+    already counts cortex's own requests. `resolve` turns a requested name into a model id.
+    """
+
     nodes: Mapping[str, NodeState] = field(default_factory=dict)
     catalogue: Mapping[str, CatalogueEntry] = field(default_factory=dict)
     aliases: Mapping[str, str] = field(default_factory=dict)

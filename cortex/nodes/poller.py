@@ -25,6 +25,13 @@ log = logging.getLogger("cortex.poller")
 
 
 class Poller:
+    """Keeps every node's `NodeState` in the registry current by polling its neuron.
+
+    On the event loop: `start` runs `poll_all` every `interval_s` until `stop`; the scheduler and
+    the dispatcher also call `poll` and `mark_down` directly. Polls of one node never overlap (a
+    lock per node). A failed or malformed poll is a miss, never an exception.
+    """
+
     def __init__(
         self,
         registry: FleetRegistry,

@@ -38,6 +38,9 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class EmbeddingRequest:
+    """A validated /v1/embeddings body: the model id, the inputs as non-empty strings (a single
+    string becomes a list of one), and `encoding_format` ``float`` or ``base64``."""
+
     model: str
     inputs: list[str]
     encoding_format: str

@@ -169,7 +169,6 @@ def test_every_accepted_key_is_in_the_examples(
 NOT_KEYS = {
     "models_path": "models_config",
     "source_path": None,
-    "local_mode": None,
     "strategy": "eviction.strategy",
     "neurons": "neurons",
     "models": "models",

@@ -111,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass(frozen=True)
 class Plan:
+    """A validated invocation, built by `prepare` before any quantizing starts: the input, the types
+    with their output paths (in the same order), and the imatrix, perplexity and models.toml
+    settings. `imatrix_covered` counts the model's tensors the imatrix has entries for;
+    `ppl_ctx` is in tokens, and `ppl_chunks` is 0 without `ppl_text`."""
+
     info: ModelInfo
     types: list[QuantType]
     outputs: list[Path]

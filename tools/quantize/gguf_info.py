@@ -35,6 +35,10 @@ _SPLIT_NAME = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gg
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """What the tool needs to know about the input GGUF: its size (all split parts), metadata (None
+    when absent), parameter and tensor counts, tensors per ggml type, the importance-matrix length
+    each tensor of two or more dimensions expects, and what kind of source it is."""
+
     path: Path
     file_bytes: int  # all parts
     architecture: str | None

@@ -30,6 +30,10 @@ __all__ = ["Imatrix", "check_against", "load_imatrix"]
 
 @dataclass(frozen=True)
 class Imatrix:
+    """A loaded importance matrix: a finite float32 array per tensor name, the datasets and chunk
+    count it records (0 when unknown), and whether it came from the legacy ``.dat`` format. Check it
+    against the model with `check_against` before use."""
+
     path: Path
     entries: dict[str, np.ndarray]
     datasets: tuple[str, ...]

@@ -28,6 +28,13 @@ _LEVEL_CONT = 5
 
 
 class LlamaLog:
+    """What llama.cpp logged while captured: the last `keep` whole lines with their levels, and
+    every raw fragment handed to `listener` as it arrives.
+
+    `feed` runs on whichever thread is inside llama.cpp; the lines are kept under a lock, and
+    `listener` is called outside it, on that thread.
+    """
+
     def __init__(self, keep: int = 400) -> None:
         self.lines: deque[tuple[int, str]] = deque(maxlen=keep)
         self.listener: Callable[[str], None] | None = None

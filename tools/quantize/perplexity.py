@@ -38,6 +38,9 @@ __all__ = [
 
 @dataclass(frozen=True)
 class TokenizedText:
+    """A text tokenized with the input model's vocabulary (no BOS added), with whether that
+    vocabulary adds a BOS token and its id; every model of a run is scored on these same ids."""
+
     tokens: tuple[int, ...]
     add_bos: bool
     bos: int
@@ -45,6 +48,10 @@ class TokenizedText:
 
 @dataclass(frozen=True)
 class PerplexityResult:
+    """Perplexity of one model on the text: `ppl` (exp of the mean NLL), llama.cpp's 1-σ
+    `uncertainty` (None with fewer than two scored tokens), and how many tokens and chunks were
+    scored."""
+
     ppl: float
     uncertainty: float | None
     n_scored: int

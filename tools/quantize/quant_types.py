@@ -47,6 +47,10 @@ __all__ = [
 
 @dataclass(frozen=True)
 class QuantType:
+    """One quantization type on offer: its llama.cpp name (upper case), the nominal bits per weight
+    of its main tensor type, a one-line summary, and whether llama.cpp needs an importance matrix to
+    produce it."""
+
     name: str
     bpw: float  # nominal bits per weight of the type's main tensor type (ggml block size)
     summary: str

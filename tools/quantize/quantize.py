@@ -42,6 +42,9 @@ _FALLBACK_LINE = re.compile(r"(\d+) of (\d+) tensor\(s\) required fallback quant
 
 @dataclass(frozen=True)
 class QuantizeOutcome:
+    """One finished quantization: the output file (already under its final name), the seconds it
+    took, and how many tensors llama.cpp had to store in a fallback type."""
+
     path: Path
     seconds: float
     fallback_tensors: int  # tensors llama.cpp put in another type (row length not a block multiple)
