@@ -29,12 +29,14 @@ PURE = (
     "cortex/top/view.py",
     "cortex/top/panels.py",
     "cortex/top/common.py",
+    "cortex/cli_views.py",
     "neuron/engine/batching.py",
     "neuron/engine/prefix.py",
     "neuron/engine/gbnf.py",
     "neuron/engine/text.py",
     "neuron/engine/types.py",
     "neuron/offload.py",
+    "neuron/api/schema.py",
 )
 IO_MODULES = frozenset(
     {
