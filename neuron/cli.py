@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neuron: {exc}", file=sys.stderr)
         return 2
     from neuron.app import create_app
-    from neuron.engine import limit_malloc_arenas
+    from neuron.engine import tune_malloc
     from synapse.serving import serve
 
-    limit_malloc_arenas()
+    tune_malloc()
     app = create_app(config)
     serve(app, config.host, config.port)
     return 0

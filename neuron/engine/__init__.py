@@ -5,7 +5,7 @@ look like. `neuron.engine.llama` (continuous batching on llama.cpp's low-level A
 `neuron.engine.fake` (tests) implement it. Importing this package does not import llama_cpp.
 """
 
-from neuron.engine.memory import limit_malloc_arenas, supports_gpu_offload
+from neuron.engine.memory import supports_gpu_offload, tune_malloc
 from neuron.engine.protocol import Engine
 from neuron.engine.types import (
     EngineInfo,
@@ -32,6 +32,6 @@ __all__ = [
     "Sampling",
     "TokenLogprob",
     "Usage",
-    "limit_malloc_arenas",
     "supports_gpu_offload",
+    "tune_malloc",
 ]
