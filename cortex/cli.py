@@ -1,7 +1,7 @@
 """`cortex` command line: `serve` runs the gateway; the other commands drive a running one.
 
 `serve` runs the gateway (local mode when no config exists). `status`, `models`, `load`,
-`unload`, `pin`, `unpin`, `drain`, `undrain` and `top` are clients of a gateway's admin API
+`unload`, `pin`, `unpin`, `cordon`, `uncordon` and `top` are clients of a gateway's admin API
 (`--url`, default http://127.0.0.1:31313 or `CORTEX_URL`; `--key` or `CORTEX_ADMIN_KEY`, sent as
 `Authorization: Bearer`). They print rich tables, or with `--json` the JSON a script wants.
 
@@ -87,8 +87,8 @@ def _client_options_given(args: argparse.Namespace) -> bool:
 
 
 def _add_client_commands(sub: Any) -> None:
-    def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        command = sub.add_parser(name, help=help_text)
+    def add(name: str, help_text: str, aliases: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=help_text, aliases=list(aliases))
         _add_client_options(command)
         return command
 
@@ -109,10 +109,13 @@ def _add_client_commands(sub: Any) -> None:
     add("unpin", "remove a model's pins (saved to models.toml)").add_argument(
         "model", metavar="MODEL"
     )
-    add("drain", "stop new loads on a node; its models move as they go idle").add_argument(
+    # drain/undrain: the first release's names, kept as synonyms.
+    add(
+        "cordon", "stop new loads on a node; its models move as they go idle", ("drain",)
+    ).add_argument("node", metavar="NODE")
+    add("uncordon", "let a cordoned node take loads again", ("undrain",)).add_argument(
         "node", metavar="NODE"
     )
-    add("undrain", "let a drained node take loads again").add_argument("node", metavar="NODE")
     top = add("top", "live terminal view of the fleet")
     top.add_argument("--refresh", type=_positive_float, default=1.0, help="seconds (default 1)")
 
@@ -337,15 +340,15 @@ def _persisted(result: dict[str, Any]) -> str:
     return " (not saved: the gateway has no models.toml; it lasts until a restart)"
 
 
-def cmd_drain(client: AdminClient, args: argparse.Namespace, as_json: bool) -> int:
-    result = client.post(f"/admin/nodes/{_path(args.node)}/drain", {})
-    line = f"drained {result.get('node')}: no new loads; its models move as they go idle"
+def cmd_cordon(client: AdminClient, args: argparse.Namespace, as_json: bool) -> int:
+    result = client.post(f"/admin/nodes/{_path(args.node)}/cordon", {})
+    line = f"cordoned {result.get('node')}: no new loads; its models move as they go idle"
     return _emit(as_json, result, line)
 
 
-def cmd_undrain(client: AdminClient, args: argparse.Namespace, as_json: bool) -> int:
-    result = client.post(f"/admin/nodes/{_path(args.node)}/undrain", {})
-    return _emit(as_json, result, f"undrained {result.get('node')}: it takes loads again")
+def cmd_uncordon(client: AdminClient, args: argparse.Namespace, as_json: bool) -> int:
+    result = client.post(f"/admin/nodes/{_path(args.node)}/uncordon", {})
+    return _emit(as_json, result, f"uncordoned {result.get('node')}: it takes loads again")
 
 
 COMMANDS: dict[str, Callable[[AdminClient, argparse.Namespace, bool], int]] = {
@@ -355,8 +358,10 @@ COMMANDS: dict[str, Callable[[AdminClient, argparse.Namespace, bool], int]] = {
     "unload": cmd_unload,
     "pin": cmd_pin,
     "unpin": cmd_unpin,
-    "drain": cmd_drain,
-    "undrain": cmd_undrain,
+    "cordon": cmd_cordon,
+    "drain": cmd_cordon,
+    "uncordon": cmd_uncordon,
+    "undrain": cmd_uncordon,
 }
 
 

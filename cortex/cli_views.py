@@ -112,15 +112,15 @@ def status_view(document: dict[str, Any], url: str) -> Group:
         f"{resident} models resident, {len(document.get('catalogue', []))} catalogued"
     )
     table = Table(title="Nodes", title_justify="left")
-    for name, justify in (("Node", "left"), ("State", "left"), ("Drained", "left")):
+    for name, justify in (("Node", "left"), ("State", "left"), ("Cordoned", "left")):
         table.add_column(name, justify=justify, overflow="fold")
     table.add_column("Backend")
     table.add_column("GPUs (VRAM used / total MiB)", overflow="fold")
     table.add_column("Models", justify="right")
     for node in nodes:
-        drained = "yes" if node.get("cordoned") else "no"
+        cordoned = "yes" if node.get("cordoned") else "no"
         if node.get("draining"):
-            drained += " (neuron draining)"
+            cordoned += " (neuron draining)"
         gpus = [
             f"{gpu.get('index')} {gpu.get('name')}: "
             f"{gpu['vram_total_mb'] - gpu['vram_free_mb']:,.0f} / {gpu['vram_total_mb']:,.0f}"
@@ -129,7 +129,7 @@ def status_view(document: dict[str, Any], url: str) -> Group:
         table.add_row(
             Text(node["name"]),
             "up" if node.get("up") else "down",
-            drained,
+            cordoned,
             Text(node.get("backend") or NONE),
             Text("\n".join(gpus) or "none"),
             str(len(node.get("models", []))),

@@ -297,8 +297,8 @@ class _FleetCollector(Collector):
     def collect(self) -> Iterable[GaugeMetricFamily]:
         snapshot = self.fleet.snapshot()
         up = GaugeMetricFamily("cortex_node_up", "1 when the neuron answers polls", labels=["node"])
-        drained = GaugeMetricFamily(
-            "cortex_node_drained", "1 when the node takes no new loads", labels=["node"]
+        cordoned = GaugeMetricFamily(
+            "cortex_node_cordoned", "1 when the node is cordoned: no new loads", labels=["node"]
         )
         node_total = GaugeMetricFamily(
             "cortex_node_vram_total_bytes", "VRAM per node", labels=["node"]
@@ -336,7 +336,7 @@ class _FleetCollector(Collector):
         mib = 1024 * 1024
         for node in snapshot.nodes.values():
             up.add_metric([node.name], 1.0 if node.up else 0.0)
-            drained.add_metric([node.name], 1.0 if node.cordoned else 0.0)
+            cordoned.add_metric([node.name], 1.0 if node.cordoned else 0.0)
             node_total.add_metric([node.name], node.vram_total_mb * mib)
             node_free.add_metric([node.name], node.vram_free_mb * mib)
             for gpu in node.gpus:
@@ -352,7 +352,7 @@ class _FleetCollector(Collector):
                 queued.add_metric([node.name, model], slot.queue_depth)
         yield from (
             up,
-            drained,
+            cordoned,
             node_total,
             node_free,
             gpu_total,

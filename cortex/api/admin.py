@@ -130,14 +130,18 @@ def _set_pins(request: Request, model_id: str, nodes: list[str]) -> dict[str, An
     return {"model": model_id, "pinned_on": nodes, "persisted": persisted}
 
 
-@bp.post("/admin/nodes/<name>/drain")
-async def drain(request: Request, name: str) -> HTTPResponse:
+# `drain`/`undrain` are the names of the first release, kept as synonyms: in cortex, draining
+# is a neuron's own shutdown, and taking a node out of placement is a cordon.
+@bp.post("/admin/nodes/<name>/cordon", name="cordon")
+@bp.post("/admin/nodes/<name>/drain", name="cordon_as_drain")
+async def cordon(request: Request, name: str) -> HTTPResponse:
     name = unquote(name)
     return json(_cordon(request, name, True))
 
 
-@bp.post("/admin/nodes/<name>/undrain")
-async def undrain(request: Request, name: str) -> HTTPResponse:
+@bp.post("/admin/nodes/<name>/uncordon", name="uncordon")
+@bp.post("/admin/nodes/<name>/undrain", name="uncordon_as_undrain")
+async def uncordon(request: Request, name: str) -> HTTPResponse:
     name = unquote(name)
     return json(_cordon(request, name, False))
 
@@ -147,6 +151,7 @@ def _cordon(request: Request, name: str, cordoned: bool) -> dict[str, Any]:
     if name not in registry.snapshot().nodes:
         raise NotFound(f"no neuron named {name!r}")
     registry.update_node(name, cordoned=cordoned)
-    what = "drained: no new loads, models move as they go idle" if cordoned else "undrained"
-    registry.record("drain" if cordoned else "undrain", f"{name} {what}", node=name)
-    return {"node": name, "drained": cordoned}
+    what = "cordoned: no new loads, models move as they go idle" if cordoned else "uncordoned"
+    registry.record("cordon" if cordoned else "uncordon", f"{name} {what}", node=name)
+    # "drained" is the first release's key, kept for its clients.
+    return {"node": name, "cordoned": cordoned, "drained": cordoned}

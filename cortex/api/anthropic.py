@@ -89,6 +89,8 @@ class _Framer:
     """`sse.Framer` for the Anthropic dialect: `message_start` and a `ping` at once, `ping`s
     while waiting, then the translated events."""
 
+    opens_at_once = True  # Claude Code's first-byte watchdog needs message_start at once
+
     def __init__(self, translator: StreamTranslator) -> None:
         self._translator = translator
 

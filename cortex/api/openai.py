@@ -1,9 +1,9 @@
 """OpenAI routes of the gateway: the catalogue, and the three inference routes proxied to neurons.
 
-Non-streaming answers are relayed as the neuron sent them. Streams are relayed chunk by chunk
-as they arrive (no buffering); when the neuron has not answered within one keep-alive interval
-(a cold load, its queue, a long prompt read) the client gets headers and SSE keep-alive
-comments until it does.
+Non-streaming answers are relayed as the neuron sent them. Streams go through `sse.relay`
+event by event as they arrive (no buffering); when the neuron has not answered within one
+keep-alive interval (a cold load, its queue, a long prompt read) the client gets headers and
+SSE keep-alive comments until it does.
 A client that disconnects cancels this handler, which closes the upstream stream, which makes
 the neuron stop generating.
 """
@@ -20,7 +20,7 @@ from sanic.response import HTTPResponse, raw
 from sanic.response import json as json_response
 
 from cortex.api import sse, validation
-from cortex.api.proxy import Dispatcher, Exchange
+from cortex.api.proxy import Dispatcher
 from cortex.errors import CortexError, ModelNotFound
 from cortex.fleet.catalogue import catalogue_view, model_ids, model_view
 from cortex.metrics import RequestObserver
@@ -125,69 +125,43 @@ async def _relay_stream(
     body: dict[str, Any],
 ) -> tuple[int, str | None]:
     """Relay an SSE stream; returns the status and error code to record for it."""
-    response = None
     options = body.get("stream_options")
     client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-    raw_body = request.body
+    raw_body: bytes | None = request.body
     if not client_wants_usage:
         # Ask the neuron for usage anyway (metrics count tokens); the client doesn't see it.
         body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
-        raw_body = json.dumps(body).encode()
-
-    async def keep_alive() -> None:
-        nonlocal response
-        if response is None:
-            response = await request.respond(
-                content_type="text/event-stream", headers=sse.SSE_HEADERS
-            )
-        await response.send(sse.KEEPALIVE)
-
-    # Headers and keep-alives start after one keep-alive interval without an answer (a cold
-    # load, a queue, a long prompt read): an error the neuron answers at once (429 when its
-    # queue is full, 400) stays an HTTP status that clients can act on and retry.
-    opening = dispatcher.open(model, path, body, raw_body)
-    try:
-        exchange: Exchange = await sse.with_keepalives(
-            opening, keep_alive, dispatcher.config.keepalive_interval_s
-        )
-    except CortexError as exc:
-        if response is None:
-            raise
-        await response.send(sse.data(exc.openai_body()) + sse.DONE)
-        await response.eof()
-        return exc.status, exc.code
-    observer.placed(exchange.target.node, exchange.target.model_id, exchange.cold_load_s)
-    if response is None:
-        response = await request.respond(content_type="text/event-stream", headers=sse.SSE_HEADERS)
-    outcome: tuple[int, str | None] = (200, None)
-    try:
-        async for chunk in exchange.chunks():
-            observer.chunk()
-            if b'"usage":{' in chunk:
-                chunk = _take_usage(chunk, observer, keep=client_wants_usage)
-            if chunk:
-                await response.send(chunk)
-    except CortexError as exc:  # the neuron broke off or went silent: end the stream cleanly
-        await response.send(sse.data(exc.openai_body()) + sse.DONE)
-        outcome = (exc.status, exc.code)
-    finally:
-        await exchange.close()
-    await response.eof()
-    return outcome
+        raw_body = None
+    framer = _Framer(keep_usage=client_wants_usage)
+    return await sse.relay(
+        request, dispatcher, observer, model, body, framer, path=path, raw_body=raw_body
+    )
 
 
-def _take_usage(chunk: bytes, observer: RequestObserver, *, keep: bool) -> bytes:
-    """Record the usage event in `chunk`; drop it when the client did not ask for usage."""
-    kept = []
-    for event in chunk.split(b"\n\n"):
-        if event.startswith(b"data: {") and b'"usage":{' in event:
-            try:
-                payload = json.loads(event[6:])
-            except ValueError:
-                kept.append(event)
-                continue
-            observer.usage(payload.get("usage"))
-            if not keep and payload.get("choices") == []:
-                continue
-        kept.append(event)
-    return b"\n\n".join(kept)
+class _Framer:
+    """`sse.Framer` for OpenAI streams: the neuron's chunks as they are, `data: [DONE]` last.
+
+    Headers wait for the first keep-alive interval (see `sse`). The usage-only chunk the
+    gateway asked for on its own behalf is dropped unless the client asked for usage too."""
+
+    opens_at_once = False
+
+    def __init__(self, *, keep_usage: bool) -> None:
+        self._keep_usage = keep_usage
+
+    def start(self) -> bytes:
+        return b""
+
+    def keepalive(self) -> bytes:
+        return sse.KEEPALIVE
+
+    def feed(self, chunk: dict[str, Any]) -> bytes:
+        if not self._keep_usage and chunk.get("usage") and chunk.get("choices") == []:
+            return b""
+        return sse.data(chunk)
+
+    def finish(self) -> bytes:
+        return sse.DONE
+
+    def fail(self, exc: CortexError) -> bytes:
+        return sse.data(exc.openai_body()) + sse.DONE

@@ -36,6 +36,8 @@ def _new_id(prefix: str) -> str:
 class _Framer:
     """`sse.Framer` for the Responses dialect: `ResponsesStream` events as named SSE events."""
 
+    opens_at_once = True  # response.created at once, as the Responses API streams
+
     def __init__(self, stream: ResponsesStream) -> None:
         self._stream = stream
 

@@ -5,13 +5,17 @@ named events (``event: <type>`` / ``data: <json>``). A comment line (`: keep-ali
 that every client ignores: it keeps connections and client timeouts alive while nothing else
 can be sent.
 
-`relay` serves a streaming request of a translated dialect (Anthropic, Responses): a `Framer`
-turns chat chunks into that dialect's bytes, the relay does the I/O. Rules:
-* The client gets `200 text/event-stream` and the framer's opening events at once, before the
-  neuron answers — during a cold load, while the request queues on the neuron and while it
-  reads the prompt — and the framer's keep-alive every `interval` seconds until the first
-  chunk. Callers raise errors that are known beforehand (bad body, unknown model) first, so
-  those stay HTTP errors.
+`relay` serves every streaming request, in each dialect (OpenAI, Anthropic, Responses): the
+neuron's stream is read line by line, each `data:` chunk is parsed once, and a `Framer` turns
+it into that dialect's bytes; the relay does the I/O. Rules:
+* A framer that `opens_at_once` (Anthropic, Responses) gets `200 text/event-stream` and its
+  opening events sent at once, before the neuron answers — during a cold load, while the
+  request queues on the neuron and while it reads the prompt. One that does not (OpenAI) is
+  opened by the first keep-alive, one interval after the request, so that an error the neuron
+  answers at once (429 when its queue is full, 400) stays an HTTP status that clients can act
+  on. Either way the framer's keep-alive goes every `interval` seconds until the first chunk.
+  Callers raise errors that are known beforehand (bad body, unknown model) first, so those
+  stay HTTP errors.
 * A failure after that (no capacity, load timeout, a neuron error status, a neuron breaking off
   or going silent) becomes the framer's failure events and a clean end of the stream.
 * A client that goes away cancels the handler; the pending upstream request is then cancelled
@@ -26,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 from sanic import Request
+from sanic.response import HTTPResponse
 
 from cortex.api.proxy import Dispatcher, Exchange
 from cortex.errors import CortexError
@@ -52,8 +57,11 @@ def events(pairs: list[tuple[str, dict[str, Any]]]) -> bytes:
 
 
 class Framer(Protocol):
-    """One dialect's view of one translated stream; every method returns the bytes to send
-    (possibly none). `start` comes first and once; after `finish` or `fail` nothing is sent."""
+    """One dialect's view of one stream; every method returns the bytes to send (possibly
+    none). `start` comes first and once, when the response opens (see `opens_at_once`); after
+    `finish` or `fail` nothing is sent."""
+
+    opens_at_once: bool
 
     def start(self) -> bytes: ...
 
@@ -95,28 +103,48 @@ async def relay(
     dispatcher: Dispatcher,
     observer: RequestObserver,
     model: str,
-    chat_body: dict[str, Any],
+    body: dict[str, Any],
     framer: Framer,
+    *,
+    path: str = CHAT_PATH,
+    raw_body: bytes | None = None,
 ) -> tuple[int, str | None]:
-    """Serve one translated stream (see the module docstring); returns the status and error
-    code to record for it."""
-    response = await request.respond(content_type="text/event-stream", headers=SSE_HEADERS)
-    await response.send(framer.start())
-    raw = json.dumps(chat_body).encode()
+    """Serve one stream of `body` to the neuron's `path` (see the module docstring); returns
+    the status and error code to record for it. `raw_body` is `body` as the client sent it,
+    when it goes on unchanged."""
+    response: HTTPResponse | None = None
+
+    async def send(payload: bytes) -> None:
+        if payload:  # an empty write would end a chunked body
+            assert response is not None
+            await response.send(payload)
+
+    async def open_response() -> None:
+        nonlocal response
+        if response is None:
+            response = await request.respond(content_type="text/event-stream", headers=SSE_HEADERS)
+            await send(framer.start())
 
     async def beat() -> None:
-        await response.send(framer.keepalive())
+        await open_response()
+        await send(framer.keepalive())
 
-    opening = dispatcher.open(model, CHAT_PATH, chat_body, raw)
+    if framer.opens_at_once:
+        await open_response()
+    raw = raw_body if raw_body is not None else json.dumps(body).encode()
+    opening = dispatcher.open(model, path, body, raw)
     try:
         exchange = await with_keepalives(opening, beat, dispatcher.config.keepalive_interval_s)
     except CortexError as exc:
-        await response.send(framer.fail(exc))
+        if response is None:
+            raise  # nothing sent yet: the client gets the HTTP status
+        await send(framer.fail(exc))
         await response.eof()
         return exc.status, exc.code
     observer.placed(exchange.target.node, exchange.target.model_id, exchange.cold_load_s)
     outcome: tuple[int, str | None] = (200, None)
     try:
+        await open_response()
         async for line in exchange.lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -125,15 +153,17 @@ async def relay(
                 chunk = json.loads(line[6:])
             except ValueError:
                 continue  # not a chunk: nothing a client could use
-            if isinstance(chunk, dict) and chunk.get("usage"):
+            if not isinstance(chunk, dict):
+                continue
+            if chunk.get("usage"):
                 observer.usage(chunk["usage"])
-            if sent := framer.feed(chunk):
-                await response.send(sent)
-        await response.send(framer.finish())
+            await send(framer.feed(chunk))
+        await send(framer.finish())
     except CortexError as exc:  # the neuron broke off or went silent: end the stream cleanly
-        await response.send(framer.fail(exc))
+        await send(framer.fail(exc))
         outcome = (exc.status, exc.code)
     finally:
         await exchange.close()
+    assert response is not None
     await response.eof()
     return outcome

@@ -1,6 +1,6 @@
 """The live, mutable holder of fleet state; everything else reads frozen snapshots from it.
 
-Writers: the poller (what neurons report), the scheduler (loads, evictions, drains, pins) and
+Writers: the poller (what neurons report), the scheduler (loads, evictions, cordons, pins) and
 request handlers (cortex's own in-flight counts). Readers get `snapshot()`, a `FleetSnapshot`
 rebuilt only when something changed. A replica's in-flight count in the snapshot is the larger
 of the neuron's last report and cortex's own live count, so routing sees requests the moment
@@ -33,7 +33,7 @@ class FleetEvent:
 
     seq: int
     at: float
-    kind: str  # load, load_failed, evict, unload, node_up, node_down, node_restarted, drain, …
+    kind: str  # load, load_failed, evict, unload, node_up, node_down, node_restarted, cordon, …
     message: str
     node: str | None = None
     model: str | None = None

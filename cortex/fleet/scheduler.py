@@ -1,4 +1,4 @@
-"""Executes routing and eviction plans: cold loads, evictions, idle unloads, drains, defrag.
+"""Executes routing and eviction plans: cold loads, evictions, idle unloads, cordons, defrag.
 
 Invariants:
 * One cold load per model id at a time (single flight): every request for a cold model awaits
@@ -376,7 +376,7 @@ class Scheduler:
         for node in snapshot.nodes.values():
             if node.cordoned and node.up:
                 victims += [
-                    Victim(slot.model_id, node.name, slot.vram_used_mb, "drain")
+                    Victim(slot.model_id, node.name, slot.vram_used_mb, "cordon")
                     for slot in node.models
                     if slot.state == READY and not slot.busy
                 ]

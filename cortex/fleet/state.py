@@ -78,7 +78,7 @@ class ModelSlot:
 
 @dataclass(frozen=True)
 class NodeState:
-    """One neuron as the gateway last saw it: reachability, drain flags, GPUs and resident models.
+    """One neuron as the gateway last saw it: reachability, cordon and drain flags, GPUs, models.
 
     `misses` counts missed polls in a row; a node marked down lists no models. `last_seen` is the
     UNIX time of the last good poll. A node without GPUs is CPU-only and its VRAM totals are 0.
@@ -88,7 +88,7 @@ class NodeState:
     endpoint: str
     up: bool = False
     draining: bool = False  # the neuron itself is draining (SIGTERM)
-    cordoned: bool = False  # an operator drained it in cortex: no new cold loads
+    cordoned: bool = False  # an operator cordoned it in cortex: no new cold loads
     hostname: str | None = None
     backend: str | None = None
     gpus: tuple[GpuState, ...] = ()

@@ -1,7 +1,7 @@
 """The `cortex` client commands as a user runs them: a subprocess against a real gateway.
 
 One real neuron (a fake 8 GiB GPU, no headroom) behind one real cortex is shared by the module;
-each test starts from an empty, undrained fleet. The catalogue serves the SmolLM2 GGUF under two
+each test starts from an empty, uncordoned fleet. The catalogue serves the SmolLM2 GGUF under two
 ids, one of them with `/` and `:` as hub-style ids have, and carries operator comments that pin
 and unpin must leave as they were.
 """
@@ -57,8 +57,8 @@ def gateway(neuron, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cortex
 
 @pytest.fixture
 def fleet(gateway: CortexProcess) -> CortexProcess:
-    """Each test starts with nothing loaded, gpu1 undrained and no pins."""
-    httpx.post(f"{gateway.url}/admin/nodes/gpu1/undrain", timeout=10)
+    """Each test starts with nothing loaded, gpu1 uncordoned and no pins."""
+    httpx.post(f"{gateway.url}/admin/nodes/gpu1/uncordon", timeout=10)
     for model in ("smol-a", SLASHED):
         httpx.post(f"{gateway.url}/admin/models/{model}/unpin", timeout=10)
     for node in gateway.fleet()["nodes"]:
@@ -162,10 +162,17 @@ def test_pin_without_node_of_an_unloaded_model_says_why(fleet: CortexProcess) ->
     assert "(HTTP 400" in result.stderr
 
 
-def test_drain_and_undrain_show_in_status(fleet: CortexProcess) -> None:
-    assert ok("drain", "gpu1", url=fleet.url).startswith("drained gpu1")
+def test_cordon_and_uncordon_show_in_status(fleet: CortexProcess) -> None:
+    assert ok("cordon", "gpu1", url=fleet.url).startswith("cordoned gpu1")
     assert "│ yes " in row(ok("status", url=fleet.url), "gpu1")
-    assert ok("undrain", "gpu1", url=fleet.url).startswith("undrained gpu1")
+    assert ok("uncordon", "gpu1", url=fleet.url).startswith("uncordoned gpu1")
+    assert "│ no " in row(ok("status", url=fleet.url), "gpu1")
+
+
+def test_drain_and_undrain_are_kept_as_synonyms(fleet: CortexProcess) -> None:
+    assert ok("drain", "gpu1", url=fleet.url).startswith("cordoned gpu1")
+    assert "│ yes " in row(ok("status", url=fleet.url), "gpu1")
+    assert ok("undrain", "gpu1", url=fleet.url).startswith("uncordoned gpu1")
     assert "│ no " in row(ok("status", url=fleet.url), "gpu1")
 
 

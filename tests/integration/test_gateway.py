@@ -88,7 +88,7 @@ def cortex(neurons, tmp_path_factory: pytest.TempPathFactory):
 def fleet(cortex):
     """Each test starts from an empty fleet."""
     for name in SIZES:
-        httpx.post(f"{cortex.url}/admin/nodes/{name}/undrain")
+        httpx.post(f"{cortex.url}/admin/nodes/{name}/uncordon")
     for node in cortex.fleet()["nodes"]:
         for model in node["models"]:
             httpx.post(
@@ -288,7 +288,7 @@ def test_unknown_never_feasible_and_no_capacity(client: openai.OpenAI, fleet) ->
     # still serves on a cordoned node, and the 503 is about a model that needs a load.
     httpx.post(f"{fleet.url}/admin/models/smol-c/unload", json={"force": True}, timeout=60)
     for name in SIZES:
-        httpx.post(f"{fleet.url}/admin/nodes/{name}/drain")
+        httpx.post(f"{fleet.url}/admin/nodes/{name}/cordon")
     assert not locations(fleet, "smol-c")
     response = httpx.post(
         fleet.url + "/v1/chat/completions",
@@ -320,19 +320,24 @@ def test_bad_input_and_upstream_errors_keep_their_status(fleet) -> None:
     assert httpx.get(fleet.url + "/health").json()["nodes_up"] == 3
 
 
-def test_drained_node_takes_no_loads_and_its_models_move(client: openai.OpenAI, fleet) -> None:
+def test_cordoned_node_takes_no_loads_and_its_models_move(client: openai.OpenAI, fleet) -> None:
     httpx.post(f"{fleet.url}/admin/models/smol-a/load", json={"node": "small"}, timeout=60)
-    assert httpx.post(f"{fleet.url}/admin/nodes/small/drain").json()["drained"] is True
+    cordoned = httpx.post(f"{fleet.url}/admin/nodes/small/cordon").json()
+    assert cordoned["cordoned"] is True and cordoned["drained"] is True  # the old key, kept
     # the housekeeper moves it on a later cycle; on a loaded 2-core CI machine 10 s was too short
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and locations(fleet, "smol-a"):
         time.sleep(0.2)
-    assert locations(fleet, "smol-a") == []  # idle: moved off the drained node
+    assert locations(fleet, "smol-a") == []  # idle: moved off the cordoned node
     assert ask(client, "smol-a")
     assert locations(fleet, "smol-a") != ["small"]
-    drained = next(n for n in fleet.fleet()["nodes"] if n["name"] == "small")
-    assert drained["cordoned"] is True
-    assert httpx.post(f"{fleet.url}/admin/nodes/small/undrain").status_code == 200
+    node = next(n for n in fleet.fleet()["nodes"] if n["name"] == "small")
+    assert node["cordoned"] is True
+    events = fleet.fleet()["events"]
+    assert any(e["kind"] == "cordon" and e.get("node") == "small" for e in events)
+    assert any(e["kind"] == "evict" and e.get("reason") == "cordon" for e in events)
+    # /undrain is the first release's name for /uncordon
+    assert httpx.post(f"{fleet.url}/admin/nodes/small/undrain").json()["cordoned"] is False
     assert not next(n for n in fleet.fleet()["nodes"] if n["name"] == "small")["cordoned"]
 
 

@@ -219,7 +219,7 @@ def test_cpu_node_shows_cpu_instead_of_bars() -> None:
     assert BAR not in text and FREE_CHAR not in text
 
 
-def test_down_and_drained_nodes_are_marked() -> None:
+def test_down_and_cordoned_nodes_are_marked() -> None:
     doc = fleet(
         nodes=[
             node("gone", [gpu(0, 8192, 8192)], [], up=False, misses=7, last_seen=NOW - 95),
@@ -230,7 +230,7 @@ def test_down_and_drained_nodes_are_marked() -> None:
     text = "\n".join(screen(doc, 120, 40))
     assert "gone DOWN" in text and "last seen 1m35s" in text and "misses 7" in text
     assert "busy DRAINING" in text and "held CORDONED" in text
-    assert "2/3 nodes" in text  # drained nodes are still up
+    assert "2/3 nodes" in text  # cordoned nodes are still up
 
 
 @pytest.mark.parametrize(("width", "height"), [(80, 24), (160, 50)])
