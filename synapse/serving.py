@@ -1,11 +1,11 @@
 """Run a Sanic app in this process until SIGTERM or SIGINT, whenever the signal comes.
 
 Why not `app.run(single_process=True)`: Sanic drives its loop with several `run_until_complete`
-calls (start-up listeners, the listener, the after-start listeners) before `run_forever`, and
-uvloop stops watching signals between those calls. A SIGTERM that lands in one of those gaps
-is swallowed, and the process then ignores it for good; systemd waits out `TimeoutStopSec`
-and kills the service. It happened to one start in ten when the stop came right after the
-first answer.
+calls (the before-start listeners, opening the socket, the after-start listeners) before
+`run_forever`, and installs its signal handlers between them, while the loop is not running. A
+SIGTERM sent right after the first answer was lost there about one start in fifteen: no
+handler ran, the process kept serving until a second signal, and systemd would have waited out
+`TimeoutStopSec` and killed the service.
 
 `serve` owns the loop instead: one `asyncio.Runner` on uvloop, with its signal handlers
 installed before the socket is bound, through Sanic's documented low-level server API. The

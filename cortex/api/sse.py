@@ -1,4 +1,4 @@
-"""The gateway's one SSE encoder and its one relay of translated streams.
+"""The gateway's one SSE encoder and its one stream relay, for every dialect.
 
 OpenAI streams are `data:` lines ending with `data: [DONE]`; Anthropic and Responses streams are
 named events (``event: <type>`` / ``data: <json>``). A comment line (`: keep-alive`) is valid SSE
