@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sanic import Request, Sanic
@@ -65,14 +64,24 @@ def create_app(config: NeuronConfig, *, probe: GpuProbe | None = None) -> Sanic:
 
     @app.after_server_start
     async def started(app: Sanic) -> None:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, lambda: app.add_task(_drain_and_stop(app)))
+        # A plain task (Sanic's add_task needs its own runner's loop, not synapse.serving's);
+        # kept on ctx so that it is not collected, cancelled at stop.
+        app.ctx.preload = None
         if config.default_models:
-            app.add_task(_preload(app))
+            app.ctx.preload = asyncio.get_running_loop().create_task(_preload(app))
+
+    # A stop signal (synapse.serving) runs this while the port still answers: new requests
+    # get 503 draining, in-flight ones finish within drain_timeout_s.
+    @app.before_server_stop
+    async def drain(app: Sanic) -> None:
+        log.info("draining: refusing new requests, waiting for in-flight ones")
+        await app.ctx.manager.drain(app.ctx.config.drain_timeout_s)
+        log.info("drained; stopping")
 
     @app.after_server_stop
     async def stopped(app: Sanic) -> None:
+        if app.ctx.preload is not None:
+            app.ctx.preload.cancel()
         await app.ctx.manager.drain(timeout_s=0)
         app.ctx.probe.close()
 
@@ -125,16 +134,6 @@ async def _render_error(request: Request, exc: Exception) -> HTTPResponse:
         }
     }
     return json(body, status=500)
-
-
-async def _drain_and_stop(app: Sanic) -> None:
-    manager: ModelManager = app.ctx.manager
-    if manager.draining:
-        return
-    log.info("draining: refusing new requests, waiting for in-flight ones")
-    await manager.drain(app.ctx.config.drain_timeout_s)
-    log.info("drained; stopping")
-    app.stop()
 
 
 async def _preload(app: Sanic) -> None:
