@@ -72,6 +72,9 @@ class Poller:
             node = self.registry.node(name)
             try:
                 health, models = await asyncio.gather(client.health(), client.models())
+                # Read again: an admin cordon may have landed while the neuron answered, and
+                # the fresh state carries the gateway's own fields over from this one.
+                node = self.registry.node(name)
                 uptime = float(health.get("uptime_s", 0))
                 restarted = uptime < self._uptime.get(name, 0)
                 if name not in self._discovery or restarted or not node.up:
