@@ -12,6 +12,9 @@ installed before the socket is bound, through Sanic's documented low-level serve
 order matches Sanic's own: start-up, before-start listeners, accept connections, after-start
 listeners; on a signal, before-stop listeners, stop accepting, let the open requests finish
 for up to `GRACEFUL_SHUTDOWN_TIMEOUT`, drop what is left, after-stop listeners.
+
+Sanic's `app.add_task` needs Sanic's own runner and does nothing here: apps start plain
+asyncio tasks in their listeners and cancel them in their stop listeners.
 """
 
 from __future__ import annotations
@@ -66,7 +69,6 @@ async def _serve(app: Sanic, host: str, port: int) -> None:
     await server.before_stop()
     await server.close()
     await _drain(server.connections, app.config.GRACEFUL_SHUTDOWN_TIMEOUT)
-    app.shutdown_tasks(timeout=0)
     await server.after_stop()
 
 
