@@ -13,6 +13,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from cortex.fleet.state import offload_text
+
 EVENTS_SHOWN = 8
 NONE = "\u2013"  # en dash: "nowhere" / "unknown" in tables
 
@@ -57,6 +59,7 @@ def model_rows(document: dict[str, Any]) -> list[dict[str, Any]]:
                     "node_up": up.get(slot["node"], False),
                     "vram_used_mb": slot.get("vram_used_mb") or 0.0,
                     "idle_s": None if idle is None else max(0.0, idle),
+                    "offload": offload_text(slot.get("n_gpu_layers"), slot.get("n_layers")),
                 }
             )
         states = list(dict.fromkeys(w["state"] for w in where))
@@ -86,7 +89,9 @@ def models_table(rows: list[dict[str, Any]]) -> Table:
     table.add_column("Pinned", overflow="fold")
     for row in rows:
         where = ", ".join(
-            f"{w['node']} {w['state']}" + ("" if w["node_up"] else " (node down)")
+            f"{w['node']} {w['state']}"
+            + (f" ({w['offload']})" if w.get("offload") and w["offload"] != "full offload" else "")
+            + ("" if w["node_up"] else " (node down)")
             for w in row["where"]
         )
         vram = row["vram_used_mb"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import tomlkit
 
 from cortex.fleet.eviction import Strategy
-from cortex.fleet.state import CatalogueEntry
+from cortex.fleet.state import CatalogueEntry, Offload
 from synapse.tomlconf import ConfigError, TomlTable, listen_address, non_negative, positive
 
 DEFAULT_CONFIG_PATH = Path("/etc/cortex/cortex.toml")
@@ -143,6 +143,8 @@ def load_models(
                 max_output_tokens=table.get("max_output_tokens", int, None, positive),
                 temperature=table.get("temperature", float, None, _temperature),
                 embedding=table.get("embedding", bool, False),
+                offload=Offload(table.get("offload", str, "any", _offload)),
+                min_gpu_share=table.get("min_gpu_share", float, 0.0, _share),
             )
         )
         table.finish()
@@ -200,6 +202,14 @@ def _listen_or_off(value: str) -> str | None:
 
 def _temperature(value: float) -> str | None:
     return None if 0 <= value <= 2 else "must be between 0 and 2"
+
+
+def _offload(value: str) -> str | None:
+    return None if value in {o.value for o in Offload} else "must be 'full', 'partial' or 'any'"
+
+
+def _share(value: float) -> str | None:
+    return None if 0.0 <= value <= 1.0 else "must be between 0 and 1"
 
 
 def _strategy(value: str) -> str | None:

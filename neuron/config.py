@@ -34,6 +34,7 @@ class ModelSpec:
     source: str | None = None
     n_ctx: int | None = None
     n_gpu_layers: int | None = None
+    min_gpu_layers: int | None = None  # refuse the load when fewer would fit in free VRAM
     embedding: bool = False
     parallel: int | None = None  # sequences decoded together; None = the neuron's default
     chat_template: str | None = None  # Jinja text replacing the GGUF's own template
@@ -168,6 +169,7 @@ def _model_specs(root: TomlTable) -> list[ModelSpec]:
                 source=entry.get("source", str, None),
                 n_ctx=entry.get("n_ctx", int, None, positive),
                 n_gpu_layers=entry.get("n_gpu_layers", int, None),
+                min_gpu_layers=entry.get("min_gpu_layers", int, None, non_negative),
                 embedding=entry.get("embedding", bool, False),
                 parallel=entry.get("parallel", int, None, _parallel),
                 chat_template=entry.get("chat_template", str, None),

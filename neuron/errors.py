@@ -167,6 +167,15 @@ class InsufficientMemory(NeuronError):
     code = "insufficient_memory"
 
 
+class InsufficientVram(NeuronError):
+    """A load asked for at least `min_gpu_layers` on the GPUs and fewer fit in free VRAM now
+    (507); `extra` carries the plan."""
+
+    status = 507
+    type = "insufficient_storage"
+    code = "insufficient_vram"
+
+
 class EngineFailure(NeuronError):
     """The engine failed under the request (500): llama.cpp's decode returned an error, the engine's
     thread died, or a generation ended without finishing."""

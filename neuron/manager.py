@@ -29,6 +29,7 @@ from neuron.errors import (
     Conflict,
     Draining,
     InsufficientMemory,
+    InsufficientVram,
     InvalidModelFile,
     InvalidRequest,
     ModelNotFound,
@@ -69,10 +70,16 @@ class Placement:
     plan: OffloadPlan
     available_mb: float  # free VRAM minus headroom, summed over devices, when planned
     parallel: int = 1  # requests decoded together; the KV pool holds n_ctx × parallel cells
+    capacity_mb: float = 0.0  # total VRAM minus headroom, summed: what an empty host offers
+    host_total_mb: float | None = None  # system RAM (MemTotal), None when unknown
+    host_available_mb: float | None = None  # MemAvailable when planned
 
     def describe(self) -> dict[str, Any]:
         return {
             "available_mb": round(self.available_mb),
+            "capacity_mb": round(self.capacity_mb),
+            "host_total_mb": _rounded(self.host_total_mb),
+            "host_available_mb": _rounded(self.host_available_mb),
             "parallel": self.parallel,
             "kv_cells": self.n_ctx * self.parallel,
             "resolved": str(self.source.primary),
@@ -209,13 +216,22 @@ class ModelManager:
             raise InvalidModelFile(str(exc)) from exc
         ctx = n_ctx or min(self.config.default_n_ctx, geometry.n_ctx_train or 10**9)
         cells = ctx * (parallel or self.config.parallel)
-        free = {status.index: status.vram_free_mb for status in self.probe.status()}
+        devices = self.probe.status()
+        free = {status.index: status.vram_free_mb for status in devices}
         estimate = estimate_memory(geometry, cells)
         headroom = self.config.vram_headroom_mb
         plan = plan_offload(geometry, cells, free, headroom)
-        available = sum(max(0.0, mb - headroom) for mb in free.values())
         return Placement(
-            source, geometry, ctx, estimate, plan, available, parallel or self.config.parallel
+            source,
+            geometry,
+            ctx,
+            estimate,
+            plan,
+            available_mb=sum(max(0.0, mb - headroom) for mb in free.values()),
+            parallel=parallel or self.config.parallel,
+            capacity_mb=sum(max(0.0, d.vram_total_mb - headroom) for d in devices),
+            host_total_mb=_meminfo_mb("MemTotal"),
+            host_available_mb=_meminfo_mb("MemAvailable"),
         )
 
     # -- load / unload -----------------------------------------------------------------------
@@ -284,7 +300,16 @@ class ModelManager:
         plan = placement.plan
         if spec.n_gpu_layers is not None:
             plan = replace(plan, n_gpu_layers=spec.n_gpu_layers)
-        available = _host_available_mb()
+        all_layers = placement.geometry.n_layers + 1
+        if spec.min_gpu_layers is not None and plan.n_gpu_layers < spec.min_gpu_layers:
+            # The gateway placed it expecting more free VRAM than there is now (another load
+            # or process took it): refuse rather than run slower than the operator allows.
+            raise InsufficientVram(
+                f"only {plan.n_gpu_layers}/{all_layers} layers fit in free VRAM now, "
+                f"{min(spec.min_gpu_layers, all_layers)} required",
+                extra={"plan": placement.describe()},
+            )
+        available = placement.host_available_mb
         host_need = _host_share(placement.estimate, plan)
         if available is not None and host_need > available:
             raise InsufficientMemory(
@@ -431,12 +456,17 @@ def _capabilities(spec: ModelSpec, geometry: ModelGeometry) -> tuple[str, ...]:
     return tuple(caps)
 
 
-def _host_available_mb() -> float | None:
+def _meminfo_mb(key: str) -> float | None:
+    """One /proc/meminfo figure in MiB (`MemTotal`, `MemAvailable`), None where there is none."""
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             for line in meminfo:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         return None
     return None
+
+
+def _rounded(mb: float | None) -> int | None:
+    return None if mb is None else round(mb)

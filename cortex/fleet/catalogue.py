@@ -2,15 +2,17 @@
 
 Every catalogue model and every model resident anywhere appears once, plus one entry per
 alias (not per alias pattern: it names no model), in the OpenAI list shape with cortex's extra
-fields: `loaded`, `locations` [{node, state}], `feasible_on` (up nodes that take loads and could
-hold it), `n_ctx`, `pinned`.
+fields: `loaded`, `locations` [{node, state, offload}] (`offload` says how the replica sits:
+`full offload`, `18/31 layers on GPU`, `CPU only`), `feasible_on` (up nodes that take loads and
+could hold it under the entry's `offload` setting: with `full` only GPU nodes with enough VRAM,
+with `partial` any GPU node, with `any` every node), `n_ctx`, `pinned`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from cortex.fleet.state import READY, FleetSnapshot, is_pattern
+from cortex.fleet.state import READY, FleetSnapshot, Offload, is_pattern
 
 
 def model_view(
@@ -21,10 +23,18 @@ def model_view(
     slots = snapshot.slots(model_id)
     up_slots = [s for s in slots if snapshot.nodes[s.node].up]
     need = entry.vram_mb if entry and entry.vram_mb else _known_estimate(snapshot, model_id)
+    offload = entry.offload if entry else Offload.ANY
     feasible = [
         node.name
         for node in snapshot.nodes.values()
-        if node.accepts_loads and (not node.gpus or need is None or need <= node.vram_total_mb)
+        if node.accepts_loads
+        and (
+            offload is Offload.ANY
+            or (
+                node.gpus
+                and (offload is Offload.PARTIAL or need is None or need <= node.vram_total_mb)
+            )
+        )
     ]
     loaded_at = [s.loaded_at for s in up_slots if s.loaded_at]
     view: dict[str, Any] = {
@@ -33,7 +43,7 @@ def model_view(
         "created": int(min(loaded_at)) if loaded_at else 0,
         "owned_by": "cortex",
         "loaded": any(s.state == READY for s in up_slots),
-        "locations": [{"node": s.node, "state": s.state} for s in up_slots],
+        "locations": [{"node": s.node, "state": s.state, "offload": s.offload} for s in up_slots],
         "feasible_on": feasible if entry else [s.node for s in up_slots],
         "n_ctx": entry.n_ctx if entry else None,
         "pinned": list(entry.pinned_on) if entry else [],

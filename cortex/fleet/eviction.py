@@ -38,6 +38,7 @@ __all__ = [
     "Victim",
     "defrag_due",
     "evictable",
+    "eviction_order",
     "idle_unloads",
     "plan_eviction",
 ]
@@ -85,6 +86,23 @@ def _order_key(strategy: Strategy, snapshot: FleetSnapshot, slot: ModelSlot) -> 
     return (slot.idle_since(), slot.model_id)
 
 
+def eviction_order(
+    snapshot: FleetSnapshot, node: NodeState, strategy: Strategy, *, max_priority: int | None
+) -> list[ModelSlot]:
+    """The evictable slots on `node` that hold VRAM, in the order `strategy` gives them up.
+
+    Slots holding no VRAM are left out: unloading them would cost a reload later and free
+    nothing now."""
+    return sorted(
+        (
+            slot
+            for slot in evictable(node, snapshot, max_priority=max_priority)
+            if slot.vram_used_mb > 0
+        ),
+        key=lambda slot: _order_key(strategy, snapshot, slot),
+    )
+
+
 def plan_eviction(
     snapshot: FleetSnapshot,
     node_name: str,
@@ -96,9 +114,8 @@ def plan_eviction(
 ) -> list[Victim] | None:
     """The victims that free at least `need_mb` MiB of VRAM on `node_name`, or None if impossible.
 
-    The result is the shortest prefix of the evictable slots, in `strategy` order, whose
-    `vram_used_mb` adds up to `need_mb`. Slots holding no VRAM are skipped: unloading them would
-    cost a reload later and free nothing now. `need_mb <= 0` needs nothing: `[]`. An unknown node
+    The result is the shortest prefix of `eviction_order` whose `vram_used_mb` adds up to
+    `need_mb`. `need_mb <= 0` needs nothing: `[]`. An unknown node
     has nothing to evict: None. `now` is accepted for symmetry with the other planners; the
     order depends only on the slots' own timestamps, so it is the same whenever it is asked.
     """
@@ -108,14 +125,7 @@ def plan_eviction(
     node = snapshot.nodes.get(node_name)
     if node is None:
         return None
-    candidates = sorted(
-        (
-            slot
-            for slot in evictable(node, snapshot, max_priority=max_priority)
-            if slot.vram_used_mb > 0
-        ),
-        key=lambda slot: _order_key(strategy, snapshot, slot),
-    )
+    candidates = eviction_order(snapshot, node, strategy, max_priority=max_priority)
     victims: list[Victim] = []
     freed = 0.0
     for slot in candidates:

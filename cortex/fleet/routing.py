@@ -16,35 +16,49 @@ only stops new cold loads there, and its models move away as they go idle. Best 
 `slot.load` (in flight + queued), then fewest in flight, then most free VRAM on its node, then
 node name.
 
-Placement ranking (`place`), best first, over nodes that answered a plan and accept loads:
+Placement (`place`) over the nodes that answered a plan and accept loads. Each node offers at
+most one option; the best option wins, compared in this order:
 
 1. Pin affinity: a node named in the entry's `pinned_on` beats every other node. Other nodes are
-   used only when no pinned node can take the load now (pinned nodes down, cordoned, or blocked
-   by models that may not be evicted); a pin is a preference, not a prison.
-2. Tier: (a) fits in free VRAM now, no eviction; (b) fits after evicting only models of lower or
-   equal priority (`plan_eviction` with the request's priority as `max_priority`), ranked by
-   total evicted MiB, then number of victims; (c) a CPU-only node (runs anything, evicts
-   nothing); (d) partial GPU offload, only with `allow_partial=True` and only when no node could
-   ever hold the model fully (see below).
+   used only when no pinned node can take the load now; a pin is a preference, not a prison.
+2. Tier: (a) full offload in free VRAM now; (b) full offload after evicting only idle models of
+   lower or equal priority (`plan_eviction` with the request's priority as `max_priority`),
+   fewest evicted MiB, then fewest victims; (c) partial offload: the most layers on GPUs, after
+   evicting such models where that buys more layers (the shortest `eviction_order` prefix that
+   reaches the most), then fewest evicted MiB; (d) no layer on a GPU: a CPU-only node first,
+   then a GPU host with no room left.
 3. Most available VRAM (`NodePlan.available_mb`), then node name.
 
-The size used is the entry's `vram_mb` (operator override) when set, else the plan's
-`full_offload_mb`; with an override, the neuron's `fits_fully` (based on its own estimate) is
-ignored in favour of `vram_mb <= available_mb`.
+The entry bounds what may be offered (`Offload`): `full` offers only (a) and (b); `partial` no
+(d); and `min_gpu_share` drops options with fewer layers than that share of all layers
+(rounded up). A load carries that minimum (`ColdLoad.min_gpu_layers`) so that the neuron refuses
+it if VRAM shrank between plan and load.
 
-Feasibility rule (final): a model *could ever fit fully* on a GPU node whose total VRAM (sum of
-its GPUs) is at least the model's size, and on any CPU-only node. Nodes that cannot take a load
-now (down, draining, cordoned) count too, since they may come back, judged from their known
-inventory. A candidate GPU node whose inventory the snapshot lacks counts as able to fit it:
-unknown capacity must not become a 404.
-* Some node could ever fit it, but no candidate can take it now (every option needs evicting
-  busy, pinned, loading or higher-priority models) → `Unavailable` with Retry-After. Partial
-  offload is never used to dodge a wait: it would pin a slow copy of the model in place.
-* No node could ever fit it fully → `Unknown` (404, the message says it exceeds every node's
-  VRAM), unless the caller passes `allow_partial=True`, in which case it is loaded partially
-  offloaded (`ColdLoad.fits_fully=False`) on the best GPU node by pin affinity, then most
-  available VRAM, evicting nothing: evicting other models to run one that spills to RAM anyway
-  is a poor trade.
+Layers: a plan carries the neuron's own split for its free VRAM now (`gpu_layers`, llama.cpp's
+numbering: `n_layers + 1` is every layer). What evictions would add is estimated from the
+plan's costs (`NodePlan.layers_within`): the first layer costs the output layer and the compute
+buffer, each further one `per_layer_mb`. The neuron plans the real split again when it loads.
+
+Size: the entry's `vram_mb` when set, else the plan's `full_offload_mb`; with an override, the
+neuron's `fits_fully` is ignored in favour of `vram_mb <= available_mb`, and layer estimates
+are scaled by `vram_mb / full_offload_mb`.
+
+Waiting versus a slower copy: a node where the model would fit fully once the busy or loading
+models in the way are done (free VRAM + what those and the idle evictable models of lower or
+equal priority hold >= the size) makes waiting worthwhile. Then a partial or CPU option is not
+taken, unless it is on a more preferred (pinned) node, and the answer is `Unavailable` with
+Retry-After (the scheduler first retries on fresh polls for a while). Down, draining or
+cordoned nodes are not waited for.
+
+Nothing to offer now:
+* some node could take it under the entry's settings once empty (a GPU node: its usable VRAM,
+  the plan's `capacity_mb`, else the inventory's total; a partial or CPU load also needs the
+  host RAM its CPU layers take, within `host_total_mb`), judged from the inventory for nodes
+  that did not plan → `Unavailable` (503 + Retry-After), naming what is in the way on each node;
+* only a placement the entry's settings forbid could ever work → `Refused` (400, with sizes);
+* nothing could hold it even on empty nodes → `Unknown` (404, with sizes).
+A candidate GPU node whose inventory the snapshot lacks counts as able to hold it: unknown
+capacity must not become a 404.
 
 Invariants: pure (no I/O, logging or clock; `now` is an argument); inputs are never mutated;
 results are frozen dataclasses; equal inputs give equal answers (every tie is broken by name).
@@ -52,11 +66,22 @@ results are frozen dataclasses; equal inputs give equal answers (every tie is br
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from cortex.fleet.eviction import Strategy, Victim, plan_eviction
-from cortex.fleet.state import FAILED, LOADING, READY, FleetSnapshot, ModelSlot, NodeState
+from cortex.fleet.eviction import Strategy, Victim, eviction_order, plan_eviction
+from cortex.fleet.state import (
+    FAILED,
+    LOADING,
+    READY,
+    CatalogueEntry,
+    FleetSnapshot,
+    ModelSlot,
+    NodeState,
+    Offload,
+    offload_text,
+)
 
 __all__ = [
     "RETRY_AFTER_S",
@@ -64,6 +89,7 @@ __all__ = [
     "ColdLoad",
     "NeedsPlacement",
     "NodePlan",
+    "Refused",
     "Serve",
     "Unavailable",
     "Unknown",
@@ -118,10 +144,23 @@ class Unavailable:
 
 
 @dataclass(frozen=True)
-class NodePlan:
-    """One neuron's `/models/plan` answer, condensed by the scheduler.
+class Refused:
+    """400: the entry's own settings (`offload`, `min_gpu_share`) rule out every placement the
+    fleet could ever make; an operator must change them."""
 
-    `available_mb` is free VRAM minus the neuron's headroom, summed over its GPUs.
+    model_id: str
+    message: str
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """One neuron's `/models/plan` answer, condensed by the scheduler. MiB throughout.
+
+    `available_mb` is free VRAM minus the neuron's headroom, summed over its GPUs, and
+    `capacity_mb` the same for empty GPUs (None: unknown). `n_layers` counts repeating layers
+    and `gpu_layers` is the neuron's split for `available_mb` (None when it did not say);
+    `fixed_gpu_mb` (output layer + compute buffer) and `per_layer_mb` are its cost figures.
+    `host_mb` is the host RAM of a CPU-only load; the host figures are None when unknown.
     """
 
     node: str
@@ -129,20 +168,67 @@ class NodePlan:
     available_mb: float
     fits_fully: bool
     has_gpus: bool
+    capacity_mb: float | None = None
+    n_layers: int | None = None
+    gpu_layers: int | None = None
+    fixed_gpu_mb: float = 0.0
+    per_layer_mb: float = 0.0
+    host_mb: float | None = None
+    host_total_mb: float | None = None
+    host_available_mb: float | None = None
+
+    @property
+    def all_layers(self) -> int | None:
+        """llama.cpp's `n_gpu_layers` for a full offload."""
+        return None if self.n_layers is None else self.n_layers + 1
+
+    def layers_within(self, mb: float, scale: float = 1.0) -> int:
+        """Estimated layers that fit in `mb` MiB of VRAM (costs multiplied by `scale`)."""
+        if self.n_layers is None:
+            return 0
+        if mb >= self.full_offload_mb * scale:
+            return self.n_layers + 1
+        room = mb - self.fixed_gpu_mb * scale
+        if room < 0 or self.per_layer_mb <= 0:
+            return 0
+        return min(self.n_layers, 1 + math.floor(room / (self.per_layer_mb * scale)))
+
+    def host_need_mb(self, layers: int) -> float | None:
+        """Estimated host RAM of a load with `layers` on GPUs (None when unknown)."""
+        if self.host_mb is None:
+            return None
+        on_gpu = 0.0 if layers <= 0 else self.fixed_gpu_mb + (layers - 1) * self.per_layer_mb
+        return max(0.0, self.host_mb - on_gpu)
 
 
 @dataclass(frozen=True)
 class ColdLoad:
     """Load `model_id` on `node` after unloading `evict` (in order).
 
-    `fits_fully` is False only for a partial GPU offload (some layers run from system RAM); a
-    CPU-only node runs the whole model from RAM by design and counts as fitting.
+    `fits_fully` is False when some layers run from system RAM on a GPU host (a partial offload,
+    or none at all); a CPU-only node runs the whole model from RAM by design and counts as
+    fitting. `gpu_layers`/`all_layers` are the expected split when the plan gave layer counts;
+    `min_gpu_layers` is what the entry's settings require (None: anything goes).
     """
 
     node: str
     model_id: str
     evict: tuple[Victim, ...]
     fits_fully: bool
+    gpu_layers: int | None = None
+    all_layers: int | None = None
+    min_gpu_layers: int | None = None
+
+    def describe(self) -> str:
+        """How it will sit: `full offload`, `18/31 layers on GPU` or `CPU only`."""
+        text = offload_text(self.gpu_layers, self.n_layers)
+        if text is not None:
+            return text
+        return "full offload" if self.fits_fully else "partial offload"
+
+    @property
+    def n_layers(self) -> int | None:
+        return None if self.all_layers is None else self.all_layers - 1
 
 
 def _servable(node: NodeState, exclude: frozenset[str]) -> bool:
@@ -205,7 +291,7 @@ def route(
 
 
 # Placement tiers, best first.
-_FITS_NOW, _AFTER_EVICT, _CPU, _PARTIAL = range(4)
+_FITS_NOW, _AFTER_EVICT, _PARTIAL, _NO_GPU = range(4)
 
 
 @dataclass(frozen=True)
@@ -213,22 +299,93 @@ class _Option:
     key: tuple
     load: ColdLoad
 
+    @property
+    def affinity(self) -> int:
+        return self.key[0]
+
+    @property
+    def full(self) -> bool:
+        return self.key[1] in (_FITS_NOW, _AFTER_EVICT)
+
+
+@dataclass(frozen=True)
+class _Rules:
+    """What the entry allows, and the sizes every node is judged with."""
+
+    offload: Offload
+    min_share: float
+    override: float | None
+    priority: int
+
+    def min_layers(self, plan: NodePlan) -> int:
+        """Fewest GPU layers a partial (or CPU) option may have on this plan's model."""
+        if plan.all_layers is None:
+            return 1 if self.offload is Offload.PARTIAL else 0
+        least = math.ceil(self.min_share * plan.all_layers - 1e-9)
+        return max(least, 1) if self.offload is Offload.PARTIAL else least
+
+    def need_mb(self, plan: NodePlan) -> float:
+        return self.override if self.override is not None else plan.full_offload_mb
+
+    def scale(self, plan: NodePlan) -> float:
+        if self.override is None or plan.full_offload_mb <= 0:
+            return 1.0
+        return self.override / plan.full_offload_mb
+
+    def required_layers(self, plan: NodePlan) -> int | None:
+        """What the neuron must still manage when it loads (None: anything goes)."""
+        if self.offload is Offload.FULL:
+            return plan.all_layers
+        least = self.min_layers(plan)
+        return least or None
+
+
+def _rules(entry: CatalogueEntry | None, priority: int) -> _Rules:
+    if entry is None:
+        return _Rules(Offload.ANY, 0.0, None, priority)
+    return _Rules(entry.offload, entry.min_gpu_share, entry.vram_mb, priority)
+
 
 def _is_cpu_node(node: NodeState) -> bool:
     # Known inventory without GPUs: a discovered CPU host (backend is set once discovered).
     return not node.gpus and node.backend is not None
 
 
-def _could_ever_fit(node: NodeState, plan: NodePlan | None, need_mb: float) -> bool:
-    if plan is not None and not plan.has_gpus:
+def _capacity(node: NodeState, plan: NodePlan | None) -> float | None:
+    """Usable VRAM of the node when empty; None when unknown."""
+    if plan is not None and plan.capacity_mb is not None:
+        return plan.capacity_mb
+    return node.vram_total_mb if node.gpus else None
+
+
+def _host_fits(plan: NodePlan, layers: int, host_mb: float | None) -> bool:
+    need = plan.host_need_mb(layers)
+    return need is None or host_mb is None or need <= host_mb
+
+
+def _could_ever_take(
+    node: NodeState, plan: NodePlan | None, rules: _Rules, need_any: float
+) -> bool:
+    """Whether the node, emptied, could hold the model under `rules` (see the module docstring).
+
+    A node without a plan is judged from its inventory with `need_any`, the smallest size any
+    plan gave."""
+    cpu_allowed = rules.offload is Offload.ANY and rules.min_share <= 0
+    if (plan is not None and not plan.has_gpus) or (plan is None and _is_cpu_node(node)):
+        return cpu_allowed and (plan is None or _host_fits(plan, 0, plan.host_total_mb))
+    capacity = _capacity(node, plan)
+    if plan is None:
+        # Without layer costs only a full-offload rule can rule a GPU node out.
+        return rules.offload is not Offload.FULL or capacity is None or need_any <= capacity
+    if capacity is None:
+        return True  # unknown capacity must not turn into a 404
+    need = rules.need_mb(plan)
+    if need <= capacity:
         return True
-    if plan is None and _is_cpu_node(node):
-        return True
-    if not node.gpus:
-        # GPU node whose inventory the snapshot lacks (plan says GPUs, discovery not merged
-        # yet): unknown capacity must not turn into a 404.
-        return plan is not None
-    return need_mb <= node.vram_total_mb
+    if rules.offload is Offload.FULL or plan.n_layers is None:
+        return False
+    layers = plan.layers_within(capacity, rules.scale(plan))
+    return layers >= rules.min_layers(plan) and _host_fits(plan, layers, plan.host_total_mb)
 
 
 def _blockers(snapshot: FleetSnapshot, node: NodeState, max_priority: int) -> list[str]:
@@ -252,19 +409,14 @@ def place(
     plans: Mapping[str, NodePlan],
     strategy: Strategy,
     now: float,
-    *,
-    allow_partial: bool = False,
-) -> ColdLoad | Unknown | Unavailable:
+) -> ColdLoad | Unknown | Unavailable | Refused:
     """Choose the node to cold-load `model_id` on from the neurons' plans (keyed by node name).
 
-    Ranking and the feasibility rule are in the module docstring. Plans from nodes missing from
-    the snapshot or no longer accepting loads are ignored.
+    Ranking, the entry's offload rules and the 503/400/404 rules are in the module docstring.
+    Plans from nodes missing from the snapshot or no longer accepting loads are ignored.
     """
-    entry = snapshot.entry(model_id)
-    override = entry.vram_mb if entry is not None else None
-    priority = snapshot.priority_of(model_id)
+    rules = _rules(snapshot.entry(model_id), snapshot.priority_of(model_id))
     pinned = snapshot.pinned_on(model_id)
-
     usable = {
         name: plan
         for name, plan in plans.items()
@@ -274,72 +426,199 @@ def place(
         return Unavailable(model_id, f"no node can take a load of {model_id!r} now", RETRY_AFTER_S)
 
     options: list[_Option] = []
-    partial: list[_Option] = []
-    blocked: dict[str, list[str]] = {}
+    waits: list[int] = []  # the affinity of each node where waiting lets it fit fully
+    in_way: dict[str, list[str]] = {}  # what stands in the way on nodes without a full option
     for name, plan in sorted(usable.items()):
         node = snapshot.nodes[name]
-        need = override if override is not None else plan.full_offload_mb
         affinity = 0 if name in pinned else 1
-        if not plan.has_gpus:
-            options.append(
-                _Option((affinity, _CPU, 0.0, 0, -plan.available_mb, name), _load(name, model_id))
-            )
-            continue
-        fits_now = need <= plan.available_mb or (override is None and plan.fits_fully)
-        if fits_now:
-            key = (affinity, _FITS_NOW, 0.0, 0, -plan.available_mb, name)
-            options.append(_Option(key, _load(name, model_id)))
-            continue
-        if not _could_ever_fit(node, plan, need):
-            key = (affinity, _PARTIAL, 0.0, 0, -plan.available_mb, name)
-            partial.append(_Option(key, _load(name, model_id, fits_fully=False)))
-            continue
-        victims = plan_eviction(
-            snapshot, name, need - plan.available_mb, strategy, now, max_priority=priority
-        )
-        if victims is None:
-            blocked[name] = _blockers(snapshot, node, priority)
-            continue
-        evicted = sum(victim.vram_mb for victim in victims)
-        key = (affinity, _AFTER_EVICT, evicted, len(victims), -plan.available_mb, name)
-        options.append(_Option(key, _load(name, model_id, evict=tuple(victims))))
+        option = _full_option(snapshot, node, plan, rules, strategy, now, affinity, model_id)
+        if option is None:
+            why = _blockers(snapshot, node, rules.priority)
+            if plan.has_gpus and _reclaimable(snapshot, node, plan, rules) >= rules.need_mb(plan):
+                waits.append(affinity)
+            option = _partial_option(snapshot, node, plan, rules, strategy, now, affinity, model_id)
+            if option is None and _host_short(plan, rules):
+                why.append("host memory")
+            if why:
+                in_way[name] = why
+        if option is not None:
+            options.append(option)
+    detail = "; ".join(f"{name}: {', '.join(why)}" for name, why in in_way.items())
 
     if options:
-        return min(options, key=lambda option: option.key).load
-
-    # Candidates that could ever fit it are exactly the blocked ones; other nodes (down,
-    # draining, cordoned) are judged from their inventory, with the smallest estimate we have.
-    need_any = override if override is not None else min(p.full_offload_mb for p in usable.values())
-    ever = bool(blocked) or any(
-        _could_ever_fit(node, None, need_any)
-        for name, node in snapshot.nodes.items()
-        if name not in usable
-    )
-    if ever:
-        detail = "; ".join(
-            f"{name}: {', '.join(why) or 'not enough'}" for name, why in blocked.items()
-        )
-        suffix = (
-            f" (models in the way on {detail})"
-            if detail
-            else " (the nodes that could hold it are down, draining or cordoned)"
-        )
+        best = min(options, key=lambda option: option.key)
+        if best.full or not any(affinity <= best.affinity for affinity in waits):
+            return best.load
         return Unavailable(
             model_id,
-            f"no node can make room for {model_id!r} now{suffix}",
+            f"{model_id!r} fits fully once the models in the way are done ({detail}); "
+            "a slower partial copy is not loaded meanwhile",
             RETRY_AFTER_S,
         )
-    if allow_partial and partial:
-        return min(partial, key=lambda option: option.key).load
-    largest = max((node.vram_total_mb for node in snapshot.nodes.values()), default=0.0)
-    return Unknown(
-        model_id,
-        f"model {model_id!r} needs {need_any:.0f} MiB of VRAM, more than any node has "
-        f"(largest: {largest:.0f} MiB)",
+
+    need_any = min(rules.need_mb(plan) for plan in usable.values())
+
+    def ever(under: _Rules) -> bool:
+        return any(
+            _could_ever_take(node, usable.get(name), under, need_any)
+            for name, node in snapshot.nodes.items()
+        )
+
+    if ever(rules):
+        if detail:
+            why_not = f"models in the way on {detail}"
+        elif any(_could_ever_take(n, None, rules, need_any) for n in _unusable(snapshot, usable)):
+            why_not = "the nodes that could hold it are down, draining or cordoned"
+        else:
+            why_not = "not enough free memory on any node"
+        return Unavailable(
+            model_id, f"no node can make room for {model_id!r} now ({why_not})", RETRY_AFTER_S
+        )
+    sizes = _sizes(snapshot, usable, need_any)
+    if ever(replace(rules, offload=Offload.ANY, min_share=0.0)):
+        setting = (
+            'offload = "full"'
+            if rules.offload is Offload.FULL
+            else f'offload = "{rules.offload.value}", min_gpu_share = {rules.min_share:g}'
+        )
+        return Refused(
+            model_id,
+            f"model {model_id!r} has {setting} in the catalogue, and no node can hold that "
+            f"much of it on GPUs even when empty ({sizes})",
+        )
+    return Unknown(model_id, f"model {model_id!r} is larger than any node can hold ({sizes})")
+
+
+def _unusable(snapshot: FleetSnapshot, usable: Mapping[str, NodePlan]) -> list[NodeState]:
+    return [node for name, node in snapshot.nodes.items() if name not in usable]
+
+
+def _host_short(plan: NodePlan, rules: _Rules) -> bool:
+    """No partial or CPU option only for want of host RAM now (the host could hold it)."""
+    if rules.offload is Offload.FULL or plan.host_available_mb is None:
+        return False
+    layers = plan.gpu_layers if plan.gpu_layers is not None else 0
+    return not _host_fits(plan, layers, plan.host_available_mb) and _host_fits(
+        plan, layers, plan.host_total_mb
     )
+
+
+def _sizes(snapshot: FleetSnapshot, usable: Mapping[str, NodePlan], need: float) -> str:
+    largest = max(
+        (_capacity(node, usable.get(name)) or 0.0 for name, node in snapshot.nodes.items()),
+        default=0.0,
+    )
+    text = f"needs {need:.0f} MiB of VRAM, largest: {largest:.0f} MiB"
+    hosts = [p.host_mb for p in usable.values() if p.host_mb is not None]
+    totals = [p.host_total_mb for p in usable.values() if p.host_total_mb is not None]
+    if hosts and totals:
+        text += f"; {min(hosts):.0f} MiB of RAM on a CPU, largest host: {max(totals):.0f} MiB"
+    return text
+
+
+def _reclaimable(snapshot: FleetSnapshot, node: NodeState, plan: NodePlan, rules: _Rules) -> float:
+    """Free VRAM plus what the models that may give way hold, counting busy and loading ones
+    only if one of them is in the way (else 0: nothing a wait would change)."""
+    later = [
+        slot
+        for slot in node.models
+        if slot.state in (READY, LOADING)
+        and node.name not in snapshot.pinned_on(slot.model_id)
+        and snapshot.priority_of(slot.model_id) <= rules.priority
+    ]
+    if not any(slot.busy or slot.state == LOADING for slot in later):
+        return 0.0
+    return plan.available_mb + sum(slot.vram_used_mb for slot in later)
+
+
+def _full_option(
+    snapshot: FleetSnapshot,
+    node: NodeState,
+    plan: NodePlan,
+    rules: _Rules,
+    strategy: Strategy,
+    now: float,
+    affinity: int,
+    model_id: str,
+) -> _Option | None:
+    if not plan.has_gpus:
+        return None
+    need = rules.need_mb(plan)
+    load = _load(node.name, model_id, plan, rules, plan.all_layers)
+    if need <= plan.available_mb or (rules.override is None and plan.fits_fully):
+        return _Option((affinity, _FITS_NOW, 0.0, 0, 0, -plan.available_mb, node.name), load)
+    victims = plan_eviction(
+        snapshot, node.name, need - plan.available_mb, strategy, now, max_priority=rules.priority
+    )
+    if victims is None:
+        return None
+    evicted = sum(victim.vram_mb for victim in victims)
+    key = (affinity, _AFTER_EVICT, evicted, len(victims), 0, -plan.available_mb, node.name)
+    return _Option(key, replace(load, evict=tuple(victims)))
+
+
+def _partial_option(
+    snapshot: FleetSnapshot,
+    node: NodeState,
+    plan: NodePlan,
+    rules: _Rules,
+    strategy: Strategy,
+    now: float,
+    affinity: int,
+    model_id: str,
+) -> _Option | None:
+    if rules.offload is Offload.FULL:
+        return None
+    if not plan.has_gpus:
+        if rules.min_layers(plan) > 0 or not _host_fits(plan, 0, plan.host_available_mb):
+            return None
+        load = ColdLoad(node.name, model_id, (), fits_fully=True, gpu_layers=None)
+        key = (affinity, _NO_GPU, 0, 0.0, 0, -(plan.host_available_mb or 0.0), node.name)
+        return _Option(key, load)
+    if plan.n_layers is None:
+        return None  # a neuron that gives no layer counts: nothing to rank a split by
+    scale = rules.scale(plan)
+    now_layers = (
+        plan.gpu_layers
+        if plan.gpu_layers is not None and rules.override is None
+        else plan.layers_within(plan.available_mb, scale)
+    )
+    layers, victims = min(now_layers, plan.n_layers), ()
+    freed = 0.0
+    prefix: list[Victim] = []
+    for slot in eviction_order(snapshot, node, strategy, max_priority=rules.priority):
+        prefix.append(Victim(slot.model_id, node.name, slot.vram_used_mb, strategy.value))
+        freed += slot.vram_used_mb
+        more = min(plan.layers_within(plan.available_mb + freed, scale), plan.n_layers)
+        if more > layers:
+            layers, victims = more, tuple(prefix)
+    if layers < rules.min_layers(plan) or not _host_fits(plan, layers, plan.host_available_mb):
+        return None
+    evicted = sum(victim.vram_mb for victim in victims)
+    load = _load(node.name, model_id, plan, rules, layers, evict=victims)
+    if layers == 0:
+        key = (affinity, _NO_GPU, 1, 0.0, 0, -plan.available_mb, node.name)
+        return _Option(key, load)
+    key = (affinity, _PARTIAL, -layers, evicted, len(victims), -plan.available_mb, node.name)
+    return _Option(key, load)
 
 
 def _load(
-    node: str, model_id: str, *, evict: tuple[Victim, ...] = (), fits_fully: bool = True
+    node: str,
+    model_id: str,
+    plan: NodePlan,
+    rules: _Rules,
+    layers: int | None,
+    *,
+    evict: tuple[Victim, ...] = (),
 ) -> ColdLoad:
-    return ColdLoad(node=node, model_id=model_id, evict=evict, fits_fully=fits_fully)
+    all_layers = plan.all_layers
+    return ColdLoad(
+        node=node,
+        model_id=model_id,
+        evict=evict,
+        fits_fully=layers is None or all_layers is None or layers >= all_layers,
+        gpu_layers=layers,
+        all_layers=all_layers,
+        min_gpu_layers=rules.required_layers(plan),
+    )

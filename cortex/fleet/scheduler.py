@@ -24,6 +24,7 @@ from cortex.config import GatewayConfig
 from cortex.errors import (
     Conflict,
     CortexError,
+    InvalidRequest,
     LoadTimeout,
     ModelNotFound,
     NoCapacity,
@@ -38,13 +39,14 @@ from cortex.fleet.routing import (
     ColdLoad,
     NeedsPlacement,
     NodePlan,
+    Refused,
     Serve,
     Unavailable,
     Unknown,
     place,
     route,
 )
-from cortex.fleet.state import READY, CatalogueEntry
+from cortex.fleet.state import READY, CatalogueEntry, NodeState
 from cortex.nodes.client import NeuronClient
 from cortex.nodes.poller import Poller
 
@@ -55,6 +57,8 @@ BLOCKED_RETRY_S = 0.25
 # Neuron 409s that a fresh plan (or a short wait) can get past: a victim got busy, or the model
 # is still loading or unloading there.
 _PASSING_CONFLICTS = frozenset({"model_busy", "model_loading", "model_unloading"})
+# A neuron's 507 when the VRAM or RAM a plan counted on was taken before the load began.
+_SHRUNK = frozenset({"insufficient_vram", "insufficient_memory"})
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,10 @@ class Scheduler:
                     replans = self._replan(model_id, exc, replans)
             except NodeUnavailable as exc:
                 replans = self._replan(model_id, exc, replans)
+            except UpstreamError as exc:
+                if exc.status != 507 or exc.code not in _SHRUNK:
+                    raise
+                replans = self._replan(model_id, exc, replans)
 
     async def _look_again(self, nodes: tuple[str, ...]) -> None:
         await asyncio.sleep(BLOCKED_RETRY_S)
@@ -219,14 +227,11 @@ class Scheduler:
                 if isinstance(exc, UpstreamError) and exc.status in (404, 422, 400, 403):
                     raise
                 return None
-            node = self.registry.node(name)
-            return NodePlan(
-                node=name,
-                full_offload_mb=float(answer["estimate"]["full_offload_mb"]),
-                available_mb=float(answer.get("available_mb", node.vram_free_mb)),
-                fits_fully=bool(answer["plan"]["fits_fully"]),
-                has_gpus=bool(node.gpus),
-            )
+            try:
+                return node_plan(self.registry.node(name), answer)
+            except (KeyError, TypeError, ValueError):
+                log.warning("plan for %s on %s: malformed answer", entry.id, name)
+                return None
 
         results = await asyncio.gather(*(one(name) for name in candidates))
         return {plan.node: plan for plan in results if plan is not None}
@@ -243,26 +248,31 @@ class Scheduler:
         )
         if isinstance(decision, Unknown):
             raise ModelNotFound(decision.message, param="model")
+        if isinstance(decision, Refused):
+            raise InvalidRequest(decision.message, param="model", code="model_unplaceable")
         if isinstance(decision, Unavailable):
             raise NoCapacity(decision.message, retry_after=decision.retry_after_s)
         assert isinstance(decision, ColdLoad)
         async with self._node_locks[decision.node]:
             for victim in decision.evict:
                 await self.evict(victim)
-            await self._load(entry, decision.node)
+            await self._load(entry, decision.node, decision)
         return Target(decision.node, model_id)
 
-    async def _load(self, entry: CatalogueEntry, node: str) -> None:
+    async def _load(self, entry: CatalogueEntry, node: str, placed: ColdLoad | None = None) -> None:
         self._loading_since[entry.id] = (node, self.clock())
         try:
-            await self._load_on_node(entry, node)
+            await self._load_on_node(entry, node, placed)
         finally:
             self._loading_since.pop(entry.id, None)
 
-    async def _load_on_node(self, entry: CatalogueEntry, node: str) -> None:
+    async def _load_on_node(
+        self, entry: CatalogueEntry, node: str, placed: ColdLoad | None
+    ) -> None:
         started = time.monotonic()
+        how = f" ({placed.describe()})" if placed is not None else ""
         self.registry.record(
-            "load_started", f"loading {entry.id} on {node}", node=node, model=entry.id
+            "load_started", f"loading {entry.id} on {node}{how}", node=node, model=entry.id
         )
         try:
             await self.clients[node].load(
@@ -270,6 +280,7 @@ class Scheduler:
                 entry.source_or_id,
                 entry.n_ctx,
                 embedding=entry.embedding,
+                min_gpu_layers=placed.min_gpu_layers if placed is not None else None,
                 timeout_s=self.config.cold_load_timeout_s,
             )
         except CortexError as exc:
@@ -285,7 +296,10 @@ class Scheduler:
             raise
         duration = time.monotonic() - started
         self.registry.record(
-            "load", f"loaded {entry.id} on {node} in {duration:.1f}s", node=node, model=entry.id
+            "load",
+            f"loaded {entry.id} on {node}{how} in {duration:.1f}s",
+            node=node,
+            model=entry.id,
         )
         self.on_event("load", {"model": entry.id, "node": node, "duration_s": duration})
         log.info("cold load: %s on %s in %.2fs", entry.id, node, duration)
@@ -410,3 +424,29 @@ class Scheduler:
                 if entry is not None:
                     await self._load(entry, name)
             self.registry.update_node(name, evictions_since_defrag=0)
+
+
+def node_plan(node: NodeState, answer: dict[str, Any]) -> NodePlan:
+    """A neuron's `/models/plan` answer condensed for `routing.place`; raises KeyError,
+    TypeError or ValueError when the answer does not follow the contract."""
+    estimate, split = answer["estimate"], answer["plan"]
+    n_layers = answer.get("n_layers")
+
+    def mb(value: Any) -> float | None:
+        return None if value is None else float(value)
+
+    return NodePlan(
+        node=node.name,
+        full_offload_mb=float(estimate["full_offload_mb"]),
+        available_mb=float(answer.get("available_mb", node.vram_free_mb)),
+        fits_fully=bool(split["fits_fully"]),
+        has_gpus=bool(node.gpus),
+        capacity_mb=mb(answer.get("capacity_mb")),
+        n_layers=int(n_layers) if n_layers is not None else None,
+        gpu_layers=int(split["n_gpu_layers"]) if split.get("n_gpu_layers") is not None else None,
+        fixed_gpu_mb=float(estimate.get("output_mb", 0)) + float(estimate.get("compute_mb", 0)),
+        per_layer_mb=float(estimate.get("per_layer_mb", 0)),
+        host_mb=mb(estimate.get("host_mb")),
+        host_total_mb=mb(answer.get("host_total_mb")),
+        host_available_mb=mb(answer.get("host_available_mb")),
+    )

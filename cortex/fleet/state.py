@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from fnmatch import fnmatchcase
 
 READY = "ready"
@@ -75,6 +76,24 @@ class ModelSlot:
     def idle_since(self) -> float:
         return self.last_used_at or self.loaded_at or 0.0
 
+    @property
+    def offload(self) -> str | None:
+        """How the replica sits in memory (`offload_text`), None before the neuron says."""
+        return offload_text(self.n_gpu_layers, self.n_layers)
+
+
+def offload_text(n_gpu_layers: int | None, n_layers: int | None) -> str | None:
+    """`full offload`, `18/31 layers on GPU` or `CPU only` from llama.cpp's `n_gpu_layers` (of
+    `n_layers + 1` in all); None when either is unknown."""
+    if n_gpu_layers is None or n_layers is None:
+        return None
+    every = n_layers + 1
+    if n_gpu_layers >= every or n_gpu_layers < 0:  # -1 is llama.cpp's "all of them"
+        return "full offload"
+    if n_gpu_layers == 0:
+        return "CPU only"
+    return f"{n_gpu_layers}/{every} layers on GPU"
+
 
 @dataclass(frozen=True)
 class NodeState:
@@ -113,9 +132,22 @@ class NodeState:
         return next((slot for slot in self.models if slot.model_id == model_id), None)
 
 
+class Offload(StrEnum):
+    """How much of a model must sit on GPUs for it to be placed (models.toml `offload`).
+
+    `full`: every layer on GPUs, or no load; `partial`: at least one layer (and at least
+    `min_gpu_share` of them) on a GPU, never a CPU-only load; `any`: as many layers as fit,
+    down to none (a CPU-only node, or a GPU host with no room left)."""
+
+    FULL = "full"
+    PARTIAL = "partial"
+    ANY = "any"
+
+
 @dataclass(frozen=True)
 class CatalogueEntry:
-    """A model the fleet may load (models.toml)."""
+    """A model the fleet may load (models.toml). `offload` and `min_gpu_share` (0–1, the share
+    of layers that must be on GPUs) bound how it may be placed; see `Offload`."""
 
     id: str
     source: str | None = None
@@ -127,6 +159,8 @@ class CatalogueEntry:
     max_output_tokens: int | None = None
     temperature: float | None = None
     embedding: bool = False
+    offload: Offload = Offload.ANY
+    min_gpu_share: float = 0.0
 
     @property
     def source_or_id(self) -> str:

@@ -89,11 +89,16 @@ class NeuronClient:
         n_ctx: int | None,
         *,
         embedding: bool = False,
+        min_gpu_layers: int | None = None,
         timeout_s: float,
     ) -> dict[str, Any]:
+        """Load `model` from `source`; with `min_gpu_layers` the neuron refuses (507
+        `insufficient_vram`) when fewer layers fit its free VRAM at that moment."""
         body = _load_body(model, source, n_ctx)
         if embedding:
             body["embedding"] = True
+        if min_gpu_layers is not None:
+            body["min_gpu_layers"] = min_gpu_layers
         return await self._request("POST", "/models/load", body, timeout_s)
 
     async def unload(self, model: str, *, force: bool = False) -> dict[str, Any]:

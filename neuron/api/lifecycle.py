@@ -146,11 +146,21 @@ async def load(request: Request) -> HTTPResponse:
         isinstance(n_gpu_layers, bool) or not isinstance(n_gpu_layers, int) or n_gpu_layers < -1
     ):
         raise InvalidRequest("'n_gpu_layers' must be an integer ≥ -1", param="n_gpu_layers")
+    min_gpu_layers = body.get("min_gpu_layers")
+    if min_gpu_layers is not None and (
+        isinstance(min_gpu_layers, bool)
+        or not isinstance(min_gpu_layers, int)
+        or not 0 <= min_gpu_layers <= 100_000
+    ):
+        raise InvalidRequest(
+            "'min_gpu_layers' must be an integer from 0 to 100000", param="min_gpu_layers"
+        )
     spec = ModelSpec(
         id=_model_id(body),
         source=_string(body, "source"),
         n_ctx=_positive_int(body, "n_ctx", 16),
         n_gpu_layers=n_gpu_layers,
+        min_gpu_layers=min_gpu_layers,
         embedding=embedding,
         parallel=_parallel(body),
         chat_template=_string(body, "chat_template"),

@@ -3,7 +3,9 @@
 Sizes (vram_headroom_mb = 0, one KV sequence per model: `[engine] parallel = 1`): SmolLM2 at
 n_ctx 1024 plans 213 MiB, Gemma at n_ctx 512 plans 759 MiB. "big" (1 GiB) holds Gemma or four
 SmolLM2s, "mid" (500 MiB) two, "small" (250 MiB) one. The catalogue serves the same SmolLM2
-GGUF under several ids to have more models than room.
+GGUF under several ids to have more models than room. "smol-wide" (n_ctx 32768) needs more
+VRAM than "big" has and is placed there partially offloaded; "giant" must be fully offloaded
+and cannot be; "endless" (a 4M-token context) does not fit any host's RAM either.
 """
 
 from __future__ import annotations
@@ -54,6 +56,17 @@ id = "giant"
 source = "{SMOL}"
 n_ctx = 1024
 vram_mb = 100000
+offload = "full"
+
+[[models]]
+id = "smol-wide"
+source = "{SMOL}"
+n_ctx = 32768
+
+[[models]]
+id = "endless"
+source = "{SMOL}"
+n_ctx = 4000000
 
 [aliases]
 "gpt-4o-mini" = "smol-b"
@@ -277,13 +290,31 @@ def test_client_disconnect_stops_generation_on_the_neuron(fleet, neurons) -> Non
     assert in_flight == 0  # 900 tokens would take ~15 s; the neuron stopped at once
 
 
+def test_model_larger_than_any_gpu_is_partially_offloaded(client: openai.OpenAI, fleet) -> None:
+    assert ask(client, "smol-wide")
+    assert locations(fleet, "smol-wide") == ["big"]  # the node that holds the most layers
+    placed = next(m for m in client.models.list().data if m.id == "smol-wide").model_dump()
+    (where,) = placed["locations"]
+    gpu, every = (int(n) for n in where["offload"].split(" ")[0].split("/"))
+    assert where["node"] == "big" and 0 < gpu < every == 31, where
+    started = events(fleet, "load_started", "smol-wide")[-1]
+    assert f"{gpu}/31 layers on GPU" in started["message"]
+
+
 def test_unknown_never_feasible_and_no_capacity(client: openai.OpenAI, fleet) -> None:
     with pytest.raises(openai.NotFoundError) as unknown:
         ask(client, "no-such-model")
     assert unknown.value.body["code"] == "model_not_found"
-    with pytest.raises(openai.NotFoundError) as giant:
-        ask(client, "giant")
-    assert "VRAM" in giant.value.body["message"] or "vram" in giant.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as giant:
+        ask(client, "giant")  # offload = "full", and no GPU holds 100 000 MiB
+    assert giant.value.body["code"] == "model_unplaceable"
+    assert 'offload = "full"' in giant.value.body["message"]
+    assert "needs 100000 MiB of VRAM, largest: 1024 MiB" in giant.value.body["message"]
+    with pytest.raises(openai.NotFoundError) as endless:
+        ask(client, "endless")  # ~90 GiB of KV cache: no GPU, no host RAM holds it
+    assert "larger than any node can hold" in endless.value.body["message"]
+    assert "MiB of RAM" in endless.value.body["message"]
+    assert not locations(fleet, "endless") and not locations(fleet, "giant")
     # smol-c must be resident nowhere, whatever earlier tests left loaded: a resident replica
     # still serves on a cordoned node, and the 503 is about a model that needs a load.
     httpx.post(f"{fleet.url}/admin/models/smol-c/unload", json={"force": True}, timeout=60)

@@ -18,7 +18,7 @@ import pytest
 
 from cortex.config import GatewayConfig, NeuronEndpoint, load_config, load_models
 from cortex.fleet.eviction import Strategy
-from cortex.fleet.state import CatalogueEntry
+from cortex.fleet.state import CatalogueEntry, Offload
 from neuron.config import Admission, ModelSpec, NeuronConfig
 from neuron.config import load_config as load_neuron_config
 from synapse.tomlconf import TomlTable
@@ -109,6 +109,7 @@ def test_disabled_settings_load_when_switched_on(tmp_path: Path) -> None:
     assert [n.name for n in gateway.neurons] == ["local", "gpu2"]
     assert gateway.neurons[1].token == "the-token-in-gpu2s-neuron.toml"
     assert gateway.models[0].vram_mb == 6144
+    assert (gateway.models[0].offload, gateway.models[0].min_gpu_share) == (Offload.ANY, 0.5)
 
     neuron = load_neuron_config(install_neuron(tmp_path / "neuron", enable_all=True))
     assert neuron.hf_cache == Path("/var/lib/neuron/hf/hub")
@@ -119,6 +120,7 @@ def test_disabled_settings_load_when_switched_on(tmp_path: Path) -> None:
             source="bartowski/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M",
             n_ctx=16384,
             n_gpu_layers=-1,
+            min_gpu_layers=0,
             embedding=False,
             parallel=4,
             chat_template="{% for m in messages %}…{% endfor %}",

@@ -10,8 +10,8 @@ import pytest
 from neuron.config import Admission, ModelSpec, NeuronConfig
 from neuron.engine import Finished, GenerateRequest, Piece
 from neuron.engine.fake import FakeEngine
-from neuron.errors import Conflict, RateLimited
-from neuron.gpu import NoGpuProbe
+from neuron.errors import Conflict, InsufficientVram, RateLimited
+from neuron.gpu import FakeProbe, NoGpuProbe
 from neuron.manager import ModelManager, ModelState
 
 
@@ -119,3 +119,40 @@ async def test_concurrent_unloads_of_one_model_both_succeed(smollm_path: Path) -
     await models.load(ModelSpec(id="smol", source=str(smollm_path)))
     await asyncio.gather(models.unload("smol"), models.unload("smol"))
     assert "smol" not in models.models
+
+
+async def test_plan_reports_capacity_and_host_and_min_gpu_layers_is_kept(
+    smollm_path: Path,
+) -> None:
+    """The plan tells the gateway what an empty host offers; a load that asks for more layers
+    than fit in free VRAM now is refused (507 insufficient_vram) and reserves nothing."""
+    config = NeuronConfig(model_dirs=(smollm_path.parent,), parallel=1, vram_headroom_mb=50)
+    probe = FakeProbe({0: 200})
+    models = ModelManager(
+        config,
+        probe,
+        gpu_offload=False,
+        engine_factory=lambda spec, placement, plan, parallel: FakeEngine(spec.id),
+    )
+    placement = await models.placement(str(smollm_path), 1024)
+    answer = placement.describe()
+    assert answer["capacity_mb"] == 150 and answer["available_mb"] == 150
+    assert answer["host_total_mb"] > answer["host_available_mb"] > 0
+    split = answer["plan"]
+    everything = answer["n_layers"] + 1
+    assert not split["fits_fully"] and 0 < split["n_gpu_layers"] < everything
+
+    with pytest.raises(InsufficientVram) as refused:
+        await models.load(
+            ModelSpec(id="smol", source=str(smollm_path), n_ctx=1024, min_gpu_layers=everything)
+        )
+    assert refused.value.status == 507 and refused.value.code == "insufficient_vram"
+    assert f"{split['n_gpu_layers']}/{everything} layers" in refused.value.message
+    assert probe.status()[0].vram_free_mb == 200  # nothing reserved for the refused load
+
+    resident = await models.load(
+        ModelSpec(
+            id="smol2", source=str(smollm_path), n_ctx=1024, min_gpu_layers=split["n_gpu_layers"]
+        )
+    )
+    assert resident.describe()["n_gpu_layers"] == split["n_gpu_layers"]

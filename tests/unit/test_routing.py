@@ -19,6 +19,7 @@ from cortex.fleet.routing import (
     ColdLoad,
     NeedsPlacement,
     NodePlan,
+    Refused,
     Serve,
     Unavailable,
     Unknown,
@@ -35,6 +36,7 @@ from cortex.fleet.state import (
     GpuState,
     ModelSlot,
     NodeState,
+    Offload,
 )
 
 NOW = 10_000.0
@@ -91,8 +93,17 @@ def entry(
     priority: int = 0,
     pinned: tuple[str, ...] = (),
     vram: float | None = None,
+    offload: Offload = Offload.ANY,
+    share: float = 0.0,
 ) -> CatalogueEntry:
-    return CatalogueEntry(id=model, priority=priority, pinned_on=pinned, vram_mb=vram)
+    return CatalogueEntry(
+        id=model,
+        priority=priority,
+        pinned_on=pinned,
+        vram_mb=vram,
+        offload=offload,
+        min_gpu_share=share,
+    )
 
 
 def fleet(
@@ -107,6 +118,9 @@ def fleet(
     )
 
 
+FIXED_MB = 600.0  # output layer + compute buffer in the layered plans below
+
+
 def plan(
     name: str,
     available: float,
@@ -114,13 +128,37 @@ def plan(
     full: float = 6_000.0,
     gpus: bool = True,
     fits: bool | None = None,
+    layers: int | None = None,
+    gpu: int | None = None,
+    capacity: float | None = None,
+    host: tuple[float, float, float] | None = None,
 ) -> NodePlan:
+    """A neuron's plan; with `layers` (repeating layers) it carries layer costs: the first layer
+    costs FIXED_MB and each further one an equal share of the rest. `gpu` is the neuron's own
+    split now (default: whole layers within `available`); `host` is (need of a CPU-only load,
+    host total, host available)."""
+    per_layer = (full - FIXED_MB) / layers if layers else 0.0
+    if layers is not None and gpu is None:
+        gpu = (
+            layers + 1
+            if available >= full
+            else (0 if available < FIXED_MB else 1 + int((available - FIXED_MB) // per_layer))
+        )
+    need, total, free = host if host is not None else (None, None, None)
     return NodePlan(
         node=name,
         full_offload_mb=full,
         available_mb=available,
         fits_fully=(full <= available) if fits is None else fits,
         has_gpus=gpus,
+        capacity_mb=capacity,
+        n_layers=layers,
+        gpu_layers=gpu if gpus else None,
+        fixed_gpu_mb=FIXED_MB if layers else 0.0,
+        per_layer_mb=per_layer,
+        host_mb=need,
+        host_total_mb=total,
+        host_available_mb=free,
     )
 
 
@@ -501,7 +539,7 @@ PLACE_ROWS = [
         cold("cpu"),
     ),
     (
-        "cpu-before-partial-offload",
+        "cpu-when-the-gpu-node-gives-no-layer-counts",
         [node("cpu", cpu=True), node("small", total=4_000.0, free=4_000.0)],
         (entry(),),
         [plan("cpu", 0.0, gpus=False), plan("small", 3_500.0)],
@@ -601,7 +639,7 @@ BLOCKED_ROWS = [
         ["a: higher priority", "b: busy"],
     ),
     (
-        "partial-offload-never-dodges-a-wait",
+        "higher-priority-in-the-way-and-no-layer-counts",
         [node("big", slot("high")), node("small", total=4_000.0, free=4_000.0)],
         (entry(), HIGH),
         [plan("big", 3_000.0), plan("small", 3_500.0)],
@@ -647,80 +685,342 @@ def test_place_feasible_but_not_now_is_503(
 ) -> None:
     snapshot = fleet(*nodes, entries=entries)
     plan_map = {p.node: p for p in plans}
-    for allow_partial in (False, True):
-        result = place(snapshot, M, plan_map, strategy, NOW, allow_partial=allow_partial)
-        assert isinstance(result, Unavailable), result
-        assert result.model_id == M
-        assert result.retry_after_s == RETRY_AFTER_S
-        for word in words:
-            assert word in result.message
+    result = place(snapshot, M, plan_map, strategy, NOW)
+    assert isinstance(result, Unavailable), result
+    assert result.model_id == M
+    assert result.retry_after_s == RETRY_AFTER_S
+    for word in words:
+        assert word in result.message
 
 
-NEVER_ROWS = [
-    # id, nodes, entries, plans, best partial node
+def split(
+    name: str,
+    layers: int,
+    evict: tuple[str, ...] = (),
+    *,
+    mb: float = 4_000.0,
+    least: int | None = None,
+) -> ColdLoad:
+    """A partial (or CPU-only) load of M on a GPU host, 31 layers in all."""
+    victims = tuple(Victim(v, name, mb, "lru") for v in evict)
+    return ColdLoad(name, M, victims, False, gpu_layers=layers, all_layers=31, min_gpu_layers=least)
+
+
+def layered(name: str, available: float, **kw: object) -> NodePlan:
+    """A plan of a 30-layer model (31 in llama.cpp's count): 600 MiB, then 180 MiB a layer."""
+    return plan(name, available, layers=30, **kw)  # type: ignore[arg-type]
+
+
+# A 4 000 MiB-total GPU can never hold the 6 000 MiB model fully.
+SMALL = {"total": 4_000.0, "free": 4_000.0}
+
+PARTIAL_ROWS = [
+    # id, nodes, entries, plans, strategy, expected
     (
-        "bigger-than-every-gpu",
+        "partial-when-no-gpu-can-hold-it",
         [node("a", total=4_000.0), node("b", total=5_000.0)],
         (entry(),),
-        [plan("a", 3_000.0), plan("b", 2_000.0)],
-        "a",
+        [layered("a", 3_000.0), layered("b", 2_000.0)],
+        Strategy.LRU,
+        split("a", 14),
     ),
     (
-        "override-bigger-than-every-gpu",
-        [node("a", total=24_000.0), node("b", total=24_000.0)],
-        (entry(vram=30_000.0),),
-        [plan("a", 20_000.0, full=6_000.0), plan("b", 22_000.0, full=6_000.0)],
-        "b",
-    ),
-    (
-        "down-nodes-too-small-as-well",
-        [node("a", total=4_000.0), node("gone", total=5_000.0, up=False)],
+        "partial-most-layers-beats-more-available",
+        [node("a", **SMALL), node("b", **SMALL)],
         (entry(),),
-        [plan("a", 3_000.0)],
-        "a",
+        [layered("a", 3_000.0, gpu=10), layered("b", 2_800.0, gpu=12)],
+        Strategy.LRU,
+        split("b", 12),
     ),
     (
-        "partial-prefers-pinned-node",
-        [node("a", total=4_000.0), node("z", total=2_000.0)],
-        (entry(pinned=("z",)),),
-        [plan("a", 3_000.0), plan("z", 1_000.0)],
-        "z",
-    ),
-    (
-        "partial-never-evicts",
-        [node("a", slot("low"), total=5_000.0)],
+        "full-after-eviction-beats-partial-now",
+        [node("big", slot("low")), node("small", **SMALL)],
         (entry(), LOW),
-        [plan("a", 500.0)],
-        "a",
+        [layered("big", 3_000.0), layered("small", 3_500.0)],
+        Strategy.LRU,
+        ColdLoad("big", M, (Victim("low", "big", 4_000.0, "lru"),), True, 31, 31),
+    ),
+    (
+        "partial-beats-cpu-node",
+        [node("cpu", cpu=True), node("small", **SMALL)],
+        (entry(),),
+        [plan("cpu", 0.0, gpus=False), layered("small", 3_500.0)],
+        Strategy.LRU,
+        split("small", 17),
+    ),
+    (
+        "partial-evicts-idle-models-for-more-layers",
+        [node("a", slot("low", mb=2_000.0), total=5_000.0)],
+        (entry(), LOW),
+        [layered("a", 1_000.0)],
+        Strategy.LRU,
+        split("a", 14, ("low",), mb=2_000.0),
+    ),
+    (
+        "partial-evicts-only-the-prefix-that-buys-layers",
+        [
+            node(
+                "a",
+                slot("old", mb=1_800.0, used=1.0),
+                slot("new", mb=50.0, used=2.0),
+                total=5_000.0,
+            )
+        ],
+        (entry(), entry("old"), entry("new")),
+        [layered("a", 1_000.0)],
+        Strategy.LRU,
+        ColdLoad("a", M, (Victim("old", "a", 1_800.0, "lru"),), False, 13, 31),
+    ),
+    (
+        "partial-does-not-evict-for-nothing",
+        [node("a", slot("tiny", mb=50.0), total=5_000.0)],
+        (entry(), entry("tiny")),
+        [layered("a", 1_000.0)],
+        Strategy.LRU,
+        split("a", 3),
+    ),
+    (
+        "partial-never-evicts-higher-priority",
+        [node("a", slot("high"), total=5_000.0)],
+        (entry(), HIGH),
+        [layered("a", 1_000.0)],
+        Strategy.LRU,
+        split("a", 3),
+    ),
+    (
+        "higher-priority-in-the-way-is-no-reason-to-wait",
+        [node("big", slot("high")), node("small", **SMALL)],
+        (entry(), HIGH),
+        [layered("big", 3_000.0), layered("small", 3_500.0)],
+        Strategy.LRU,
+        split("small", 17),
+    ),
+    (
+        "a-down-node-is-no-reason-to-wait",
+        [node("big", total=80_000.0, up=False), node("small", **SMALL)],
+        (entry(),),
+        [layered("small", 3_500.0)],
+        Strategy.LRU,
+        split("small", 17),
+    ),
+    (
+        "pinned-partial-beats-waiting-elsewhere",
+        [node("big", slot("low", in_flight=1)), node("z", **SMALL)],
+        (entry(pinned=("z",)), LOW),
+        [layered("big", 3_000.0), layered("z", 3_500.0)],
+        Strategy.LRU,
+        split("z", 17),
+    ),
+    (
+        "gpu-host-without-room-runs-it-on-cpu",
+        [node("a", **SMALL)],
+        (entry(),),
+        [layered("a", 100.0)],
+        Strategy.LRU,
+        split("a", 0),
+    ),
+    (
+        "cpu-node-before-a-gpu-host-without-room",
+        [node("a", **SMALL), node("cpu", cpu=True)],
+        (entry(),),
+        [layered("a", 100.0), plan("cpu", 0.0, gpus=False)],
+        Strategy.LRU,
+        cold("cpu"),
+    ),
+    (
+        "min-share-skips-a-thin-split",
+        [node("a", **SMALL), node("b", **SMALL)],
+        (entry(share=0.5),),
+        [layered("a", 3_500.0, gpu=20), layered("b", 3_500.0, gpu=10)],
+        Strategy.LRU,
+        split("a", 20, least=16),
+    ),
+    (
+        "offload-partial-skips-the-cpu-node",
+        [node("cpu", cpu=True), node("a", **SMALL)],
+        (entry(offload=Offload.PARTIAL, pinned=("cpu",)),),
+        [plan("cpu", 0.0, gpus=False), layered("a", 700.0)],
+        Strategy.LRU,
+        split("a", 1, least=1),
+    ),
+    (
+        "offload-full-load-carries-its-minimum",
+        [node("a")],
+        (entry(offload=Offload.FULL),),
+        [layered("a", 7_000.0)],
+        Strategy.LRU,
+        ColdLoad("a", M, (), True, 31, 31, 31),
+    ),
+    (
+        "override-scales-the-split",
+        [node("a", total=24_000.0)],
+        (entry(vram=12_000.0),),
+        [layered("a", 8_000.0, capacity=20_000.0)],
+        Strategy.LRU,
+        split("a", 19),  # twice the estimate: 1 200 MiB, then 360 MiB a layer
     ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("nodes", "entries", "plans", "partial_node"),
-    [row[1:] for row in NEVER_ROWS],
-    ids=[row[0] for row in NEVER_ROWS],
+    ("nodes", "entries", "plans", "strategy", "expected"),
+    [row[1:] for row in PARTIAL_ROWS],
+    ids=[row[0] for row in PARTIAL_ROWS],
 )
-def test_place_never_feasible_is_404_unless_partial_allowed(
+def test_place_partial(
     nodes: list[NodeState],
     entries: tuple[CatalogueEntry, ...],
     plans: list[NodePlan],
-    partial_node: str,
+    strategy: Strategy,
+    expected: ColdLoad,
 ) -> None:
     snapshot = fleet(*nodes, entries=entries)
     plan_map = {p.node: p for p in plans}
-    result = place(snapshot, M, plan_map, Strategy.LRU, NOW)
-    assert isinstance(result, Unknown), result
-    assert "more than any node has" in result.message
-    partial = place(snapshot, M, plan_map, Strategy.LRU, NOW, allow_partial=True)
-    assert partial == ColdLoad(partial_node, M, (), fits_fully=False)
+    before = (copy.deepcopy(snapshot), dict(plan_map))
+    assert place(snapshot, M, plan_map, strategy, NOW) == expected
+    assert (snapshot, plan_map) == before
 
 
-def test_place_unknown_message_names_sizes() -> None:
-    snapshot = fleet(node("a", total=4_000.0), node("b", total=5_000.0))
-    result = place(snapshot, M, {"a": plan("a", 3_000.0, full=6_000.0)}, Strategy.LRU, NOW)
-    assert isinstance(result, Unknown)
-    assert "6000 MiB" in result.message and "largest: 5000 MiB" in result.message
+WAIT_ROWS = [
+    # id, nodes, entries, plans, words in the message
+    (
+        "busy-model-in-the-way-beats-a-slower-copy",
+        [node("big", slot("low", in_flight=1)), node("small", **SMALL)],
+        (entry(), LOW),
+        [layered("big", 3_000.0), layered("small", 3_500.0)],
+        ["fits fully once", "big: busy"],
+    ),
+    (
+        "loading-model-in-the-way-beats-a-slower-copy",
+        [node("big", slot("low", state=LOADING)), node("small", **SMALL)],
+        (entry(), LOW),
+        [layered("big", 3_000.0), layered("small", 3_500.0)],
+        ["fits fully once", "big: loading"],
+    ),
+    (
+        "offload-full-waits-for-busy-models",
+        [node("a", slot("low", in_flight=1))],
+        (entry(offload=Offload.FULL), LOW),
+        [layered("a", 3_000.0)],
+        ["a: busy"],
+    ),
+    (
+        "host-memory-short-now",
+        [node("cpu", cpu=True)],
+        (entry(),),
+        [plan("cpu", 0.0, gpus=False, host=(8_000.0, 16_000.0, 1_000.0))],
+        ["cpu: host memory"],
+    ),
+    (
+        "offload-partial-gpu-used-by-others",
+        [node("a", **SMALL)],
+        (entry(offload=Offload.PARTIAL),),
+        [layered("a", 100.0)],
+        ["no node can make room"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("nodes", "entries", "plans", "words"),
+    [row[1:] for row in WAIT_ROWS],
+    ids=[row[0] for row in WAIT_ROWS],
+)
+def test_place_waits_when_waiting_helps(
+    nodes: list[NodeState],
+    entries: tuple[CatalogueEntry, ...],
+    plans: list[NodePlan],
+    words: list[str],
+) -> None:
+    result = place(fleet(*nodes, entries=entries), M, {p.node: p for p in plans}, Strategy.LRU, NOW)
+    assert isinstance(result, Unavailable), result
+    assert result.retry_after_s == RETRY_AFTER_S
+    for word in words:
+        assert word in result.message
+
+
+NEVER_ROWS = [
+    # id, nodes, entries, plans, expected type, words in the message
+    (
+        "no-layer-counts-and-bigger-than-every-gpu",
+        [node("a", total=4_000.0), node("b", total=5_000.0)],
+        (entry(),),
+        [plan("a", 3_000.0), plan("b", 2_000.0)],
+        Unknown,
+        ["needs 6000 MiB of VRAM", "largest: 5000 MiB"],
+    ),
+    (
+        "override-bigger-than-every-gpu-no-layer-counts",
+        [node("a", total=24_000.0), node("b", total=24_000.0)],
+        (entry(vram=30_000.0),),
+        [plan("a", 20_000.0, full=6_000.0), plan("b", 22_000.0, full=6_000.0)],
+        Unknown,
+        ["needs 30000 MiB"],
+    ),
+    (
+        "offload-full-bigger-than-every-gpu",
+        [node("a", **SMALL), node("gone", total=5_000.0, up=False)],
+        (entry(offload=Offload.FULL),),
+        [layered("a", 3_000.0)],
+        Refused,
+        ['offload = "full"', "needs 6000 MiB of VRAM", "largest: 5000 MiB"],
+    ),
+    (
+        "min-share-more-than-any-gpu-holds",
+        [node("a", **SMALL)],
+        (entry(share=0.9),),
+        [layered("a", 3_500.0, capacity=4_000.0)],
+        Refused,
+        ["min_gpu_share = 0.9"],
+    ),
+    (
+        "too-big-for-vram-and-ram",
+        [node("a", total=2_000.0, free=2_000.0)],
+        (entry(),),
+        [layered("a", 2_000.0, host=(8_000.0, 1_000.0, 1_000.0))],
+        Unknown,
+        ["larger than any node", "8000 MiB of RAM", "largest host: 1000 MiB"],
+    ),
+    (
+        "too-big-for-a-cpu-node",
+        [node("cpu", cpu=True)],
+        (entry(),),
+        [plan("cpu", 0.0, gpus=False, host=(8_000.0, 4_000.0, 4_000.0))],
+        Unknown,
+        ["8000 MiB of RAM"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("nodes", "entries", "plans", "kind", "words"),
+    [row[1:] for row in NEVER_ROWS],
+    ids=[row[0] for row in NEVER_ROWS],
+)
+def test_place_never_feasible_is_404_or_400(
+    nodes: list[NodeState],
+    entries: tuple[CatalogueEntry, ...],
+    plans: list[NodePlan],
+    kind: type,
+    words: list[str],
+) -> None:
+    result = place(fleet(*nodes, entries=entries), M, {p.node: p for p in plans}, Strategy.LRU, NOW)
+    assert isinstance(result, kind), result
+    for word in words:
+        assert word in result.message
+
+
+@pytest.mark.parametrize(
+    ("load", "text"),
+    [
+        (split("a", 18), "18/31 layers on GPU"),
+        (split("a", 0), "CPU only"),
+        (ColdLoad("a", M, (), True, 31, 31), "full offload"),
+        (cold("cpu"), "full offload"),
+    ],
+)
+def test_cold_load_describes_its_split(load: ColdLoad, text: str) -> None:
+    assert load.describe() == text
 
 
 def test_place_gpu_node_without_known_inventory_is_not_a_404() -> None:
