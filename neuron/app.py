@@ -1,4 +1,5 @@
-"""Wiring of the neuron's Sanic app: config, GPU probe, model manager, routes, error rendering.
+"""Wiring of the neuron's Sanic app: config, GPU probe, model manager, the vocabulary cache of
+/tokenize, routes, error rendering.
 
 Every error leaves as the OpenAI envelope: `NeuronError`s with their own status, Sanic's
 (bad JSON, unknown route, wrong method, oversized body) with theirs, and anything unexpected as
@@ -61,6 +62,11 @@ def create_app(config: NeuronConfig, *, probe: GpuProbe | None = None) -> Sanic:
         app.ctx.metrics = NeuronMetrics()
         app.ctx.manager = ModelManager(config, app.ctx.probe, app.ctx.gpu_offload, app.ctx.metrics)
         app.ctx.metrics.watch(app.ctx.manager, app.ctx.probe)
+        # Vocabulary-only GGUFs for /tokenize of models that are not loaded (imports llama_cpp,
+        # so not at module level: `neuron.app` imports without it, like the manager's engines).
+        from neuron.engine.vocab import VocabularyCache
+
+        app.ctx.vocabularies = VocabularyCache()
 
     @app.after_server_start
     async def started(app: Sanic) -> None:
@@ -83,6 +89,7 @@ def create_app(config: NeuronConfig, *, probe: GpuProbe | None = None) -> Sanic:
         if app.ctx.preload is not None:
             app.ctx.preload.cancel()
         await app.ctx.manager.drain(timeout_s=0)
+        await app.ctx.vocabularies.close()
         app.ctx.probe.close()
 
     @app.get("/metrics")

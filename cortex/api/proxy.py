@@ -22,6 +22,8 @@ closes it. Rules:
   asked for) or `temperature` (when the client sent none) apply.
 * The exchange counts as in flight on its replica from open to close, so eviction never picks a
   model that is serving, and routing sees the load at once.
+* `tokenize` (Anthropic `count_tokens`) never cold-loads or evicts: with no ready replica it
+  asks an up neuron to count on the catalogue source's vocabulary alone.
 """
 
 from __future__ import annotations
@@ -40,11 +42,13 @@ from cortex.config import GatewayConfig
 from cortex.dialects.openai import with_model_defaults
 from cortex.errors import (
     CortexError,
+    NoCapacity,
     NodeUnavailable,
     UpstreamError,
     UpstreamTimeout,
 )
 from cortex.fleet.registry import FleetRegistry
+from cortex.fleet.routing import RETRY_AFTER_S
 from cortex.fleet.scheduler import Scheduler, Target
 from cortex.nodes.client import NeuronClient
 from cortex.nodes.poller import Poller
@@ -244,9 +248,24 @@ class Dispatcher:
         return target
 
     async def tokenize(self, requested: str, body: dict[str, Any]) -> int:
-        """The prompt's token count on a ready replica of `requested` (cold-loading it)."""
+        """The prompt's token count by the model's own tokenizer; never loads or evicts a model.
+
+        On a ready replica when there is one (a replica found gone is polled again and the
+        count routed afresh). Otherwise on an up neuron, one that accepts loads first, which
+        counts on the catalogue entry's GGUF opened for its vocabulary only. A model neither in
+        the catalogue nor resident is `ModelNotFound`; with no neuron up, `NoCapacity`."""
         for repolled in (False, True):
-            target = await self.target(requested)
+            try:
+                target = self.scheduler.route_now(requested)
+            except NoCapacity:
+                # No replica can serve and no node takes loads (cordoned, draining): a
+                # catalogue model can still be counted on any neuron that is up.
+                snapshot = self.registry.snapshot()
+                if snapshot.entry(snapshot.resolve(requested)) is None:
+                    raise
+                target = None
+            if target is None:
+                return await self._count_unloaded(requested, body)
             try:
                 return await self.clients[target.node].tokenize({**body, "model": target.model_id})
             except UpstreamError as exc:
@@ -254,6 +273,38 @@ class Dispatcher:
                     raise
                 await self._repoll(target.node)
         raise AssertionError("unreachable: the second turn returns or raises")
+
+    async def _count_unloaded(self, requested: str, body: dict[str, Any]) -> int:
+        """Count on a neuron that does not hold the model, from its catalogue source."""
+        snapshot = self.registry.snapshot()
+        model_id = snapshot.resolve(requested)
+        entry = snapshot.entry(model_id)
+        if entry is None:  # resident somewhere, still loading, and no source cortex knows of
+            raise NoCapacity(
+                f"model {model_id!r} is not ready on any node; retry", retry_after=RETRY_AFTER_S
+            )
+        nodes = sorted(
+            (node for node in snapshot.nodes.values() if node.up),
+            key=lambda node: (not node.accepts_loads, node.name),
+        )
+        if not nodes:
+            raise NoCapacity(
+                f"no neuron is up to count tokens for {model_id!r}", retry_after=RETRY_AFTER_S
+            )
+        payload = {**body, "model": model_id, "source": entry.source_or_id}
+        tried = nodes[:2]  # one more neuron when the first cannot be reached
+        for node in tried:
+            try:
+                # The first count of a source resolves it (an HF source may reach the hub):
+                # the neuron gets as long as for the first byte of any answer.
+                return await self.clients[node.name].tokenize(
+                    payload, read_s=self.config.first_byte_timeout_s
+                )
+            except NodeUnavailable as exc:
+                self.poller.mark_down(node.name, exc.message)
+                if node is tried[-1]:
+                    raise
+        raise AssertionError("unreachable: the last turn returns or raises")
 
     async def _repoll(self, node: str) -> None:
         # The neuron no longer holds what its last poll said (restarted or unloaded within one

@@ -112,9 +112,10 @@ class NeuronClient:
                 raise ModelNotFound(exc.message, param="model") from exc
             raise
 
-    async def tokenize(self, body: dict[str, Any]) -> int:
-        """Token count by the model's own tokenizer (`messages`/`tools` or `prompt`)."""
-        return int((await self._request("POST", "/tokenize", body))["count"])
+    async def tokenize(self, body: dict[str, Any], *, read_s: float = QUICK_READ_S) -> int:
+        """Token count by the model's own tokenizer (`messages`/`tools` or `prompt`); the body
+        goes as given (with `source`, the neuron counts on that GGUF's vocabulary alone)."""
+        return int((await self._request("POST", "/tokenize", body, read_s))["count"])
 
     async def open_stream(
         self, path: str, body: bytes, headers: dict[str, str], first_byte_deadline: float

@@ -7,20 +7,25 @@ tools and `response_format`), and render what the engine yields (`api.render`). 
 relayed piece by piece; an error found before the first piece still gets its own status code,
 one after the headers becomes an in-stream error event. A client that goes away cancels its
 handler, which closes the engine stream and frees the sequence at the next decode step.
+`/tokenize` counts on the engine of a ready model, or, for a model that is not loaded and a
+body naming its `source`, on the GGUF's vocabulary alone (`engine.vocab`): it never loads one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import struct
 from dataclasses import replace
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sanic import Blueprint, Request
 from sanic.response import HTTPResponse, json
 
 from neuron.api.access import log_request
+from neuron.api.auth import require_token
 from neuron.api.render import ChatRenderer, CompletionRenderer
 from neuron.api.schema import (
     GenerationRequest,
@@ -32,11 +37,31 @@ from neuron.api.schema import (
 )
 from neuron.api.sse import DONE, SSE_HEADERS, sse_data
 from neuron.chat_template import render_chat
-from neuron.engine import Engine, EngineInfo, Finished, GenerateRequest, Grammar, Piece
+from neuron.config import NeuronConfig
+from neuron.engine import (
+    Engine,
+    EngineInfo,
+    Finished,
+    GenerateRequest,
+    Grammar,
+    Piece,
+    Tokenizer,
+)
 from neuron.engine.grammar import schema_grammar
-from neuron.errors import ContextLengthExceeded, EngineFailure, ModelUnavailable, NeuronError
+from neuron.errors import (
+    ContextLengthExceeded,
+    EngineFailure,
+    InvalidRequest,
+    ModelUnavailable,
+    NeuronError,
+    SourceNotFound,
+)
 from neuron.manager import ModelManager, ModelState, Resident
+from neuron.sources import resolve_source
 from neuron.toolcall import ToolSyntax, detect_syntax, history_for_template, plan_tools
+
+if TYPE_CHECKING:  # the cache's module imports llama_cpp; the app builds the cache at start
+    from neuron.engine.vocab import VocabularyCache
 
 bp = Blueprint("openai", url_prefix="/v1")
 
@@ -123,23 +148,66 @@ tokenize_bp = Blueprint("tokenize")
 @tokenize_bp.post("/tokenize")
 async def tokenize(request: Request) -> HTTPResponse:
     """Count tokens with the model's own tokenizer: `prompt` as is, or `messages` (and `tools`)
-    as the model's chat template lays them out. Runs on the engine, between decode steps."""
+    as the model's chat template lays them out.
+
+    A ready model counts on its engine, between decode steps. Otherwise a body with `source`
+    (a model source as `/models/load` takes it) counts on that GGUF's vocabulary alone, opened
+    vocab-only and kept in the app's `VocabularyCache`: nothing is loaded or unloaded, and the
+    count is the one the loaded model would give (same tokenizer, same template). Without
+    `source`, a model that is not resident is 404 `model_not_found`. A body naming a `source`
+    needs the neuron's token, like `/models/plan`."""
     body = require_object(request.json)
     model = model_name(body)
-    engine = _engine(_manager(request).ready(model))
+    manager = _manager(request)
+    resident = manager.models.get(model)
+    source = body.get("source")
+    if source is None or (resident is not None and resident.state is ModelState.READY):
+        engine = _engine(manager.ready(model))
+        return json({"model": model, "count": await _count(engine, *_counted(body, model))})
+    # Naming a source opens (and may fetch) any model the neuron can resolve, as /models/plan
+    # does: the same token guards it, whatever the inference setting.
+    require_token(request)
+    if not isinstance(source, str) or not source.strip():
+        raise InvalidRequest("'source' must be a non-empty string", param="source")
+    counted = _counted(body, model)  # a bad body is refused before any file is opened
+    vocabularies: VocabularyCache = request.app.ctx.vocabularies
+    resolve = functools.partial(_source_path, manager.config)
+    async with vocabularies.using(source, resolve) as vocabulary:
+        count = await _count(vocabulary, *counted)
+    return json({"model": model, "count": count})
+
+
+def _counted(body: dict[str, Any], model: str) -> tuple[str | None, GenerationRequest | None]:
+    """What /tokenize counts: a `prompt` string, or else a chat request (validated here)."""
     if isinstance(body.get("prompt"), str):
-        count = len(await engine.tokenize(body["prompt"]))
-        return json({"model": model, "count": count})
-    req = chat_request({**body, "model": model})
+        return body["prompt"], None
+    return None, chat_request({**body, "model": model})
+
+
+def _source_path(config: NeuronConfig, spec: str) -> Path:
+    """The GGUF a model source names, resolved as a load resolves it (blocking: a thread's)."""
+    try:
+        resolved = resolve_source(
+            spec, model_dirs=config.model_dirs, hf_cache=config.resolved_hf_cache()
+        )
+    except OSError as exc:
+        raise SourceNotFound(f"cannot read model source {spec!r}: {exc}") from exc
+    return resolved.primary
+
+
+async def _count(counter: Tokenizer, prompt: str | None, req: GenerationRequest | None) -> int:
+    """Tokens of `prompt`, or of the chat `req` as the model's template renders it."""
+    if prompt is not None:
+        return len(await counter.tokenize(prompt))
+    assert req is not None
     tools_active = bool(req.tools) and req.tool_choice != "none"
-    if engine.info is not None and engine.info.chat_template:
-        syntax = detect_syntax(engine.info.chat_template)
-        prompt, _ = _chat_prompt(engine.info, req, tools_active, syntax)
-        tokens = await engine.tokenize(prompt, add_special=_add_special(engine.info, prompt))
-    else:
-        text = "\n".join(str(message.get("content") or "") for message in req.messages)
-        tokens = await engine.tokenize(text)
-    return json({"model": model, "count": len(tokens)})
+    info = counter.info
+    if info is not None and info.chat_template:
+        syntax = detect_syntax(info.chat_template)
+        text, _ = _chat_prompt(info, req, tools_active, syntax)
+        return len(await counter.tokenize(text, add_special=_add_special(info, text)))
+    text = "\n".join(str(message.get("content") or "") for message in req.messages)
+    return len(await counter.tokenize(text))
 
 
 # -- building the engine's request ---------------------------------------------------------------

@@ -69,7 +69,8 @@ _STOP = object()
 _MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
 
 
-def _init_backend() -> None:
+def init_backend() -> None:
+    """Initialise llama.cpp's backends once per process (any thread may call it)."""
     global _backend_ready
     with _backend_lock:
         if not _backend_ready:
@@ -286,7 +287,7 @@ class LlamaEngine:
             self._free_native()
 
     def _open(self) -> None:
-        _init_backend()
+        init_backend()
         s = self.settings
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = s.n_gpu_layers
@@ -310,9 +311,6 @@ class LlamaEngine:
         self._batch = llama_cpp.llama_batch_init(llama_cpp.llama_n_batch(self._ctx), 0, 1)
         self._seqs = [_Sequence(seq_id) for seq_id in range(s.n_seq_max)]
         self._warm_up()
-        template = llama_cpp.llama_model_chat_template(self._model, None)
-        if s.chat_template:
-            template = s.chat_template.encode()
         self.info = EngineInfo(
             n_ctx=s.n_ctx,
             n_ctx_train=llama_cpp.llama_model_n_ctx_train(self._model),
@@ -320,7 +318,7 @@ class LlamaEngine:
             n_vocab=llama_cpp.llama_vocab_n_tokens(self._vocab),
             n_embd=llama_cpp.llama_model_n_embd(self._model),
             embedding=s.embedding,
-            chat_template=template.decode("utf-8", errors="replace") if template else None,
+            chat_template=s.chat_template or model_chat_template(self._model),
             bos_token=self._special_text(llama_cpp.llama_vocab_bos(self._vocab)),
             eos_token=self._special_text(llama_cpp.llama_vocab_eos(self._vocab)),
         )
@@ -668,34 +666,13 @@ class LlamaEngine:
     # -- scheduler thread: tokens, text, embeddings ----------------------------------------------
 
     def _tokenize(self, text: str, add_special: bool) -> list[int]:
-        data = text.encode("utf-8", errors="replace")
-        capacity = len(data) + 8
-        buffer = (llama_cpp.llama_token * capacity)()
-        count = llama_cpp.llama_tokenize(
-            self._vocab, data, len(data), buffer, capacity, add_special, True
-        )
-        if count < 0:  # more tokens than bytes (never for real vocabularies), retry with room
-            capacity = -count
-            buffer = (llama_cpp.llama_token * capacity)()
-            count = llama_cpp.llama_tokenize(
-                self._vocab, data, len(data), buffer, capacity, add_special, True
-            )
-        return list(buffer[:count])
+        return tokenize_text(self._vocab, text, add_special)
 
     def _piece(self, token: int, special: bool = False) -> bytes:
-        size = llama_cpp.llama_token_to_piece(
-            self._vocab, token, self._piece_buffer, 256, 0, special
-        )
-        if size < 0:
-            bigger = ctypes.create_string_buffer(-size)
-            size = llama_cpp.llama_token_to_piece(self._vocab, token, bigger, -size, 0, special)
-            return bigger.raw[:size]
-        return self._piece_buffer.raw[:size]
+        return token_piece(self._vocab, token, self._piece_buffer, special)
 
     def _special_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        return self._piece(token, special=True).decode("utf-8", errors="replace")
+        return special_text(self._vocab, token, self._piece_buffer)
 
     def _embed(self, texts: list[str]) -> tuple[list[list[float]], int]:
         n_ctx = self.settings.n_ctx
@@ -736,3 +713,45 @@ class LlamaEngine:
             llama_cpp.llama_memory_clear(memory, True)
             start += seqs
         return vectors, sum(len(tokens) for tokens in inputs)
+
+
+# -- llama.cpp helpers shared with `neuron.engine.vocab` (call them on one thread per vocab) ------
+
+
+def model_chat_template(model: Any) -> str | None:
+    """The GGUF's own chat template (`tokenizer.chat_template`), or None when it has none."""
+    template = llama_cpp.llama_model_chat_template(model, None)
+    return template.decode("utf-8", errors="replace") if template else None
+
+
+def tokenize_text(vocab: Any, text: str, add_special: bool) -> list[int]:
+    """`text` as token ids; `add_special` lets the tokenizer add BOS, and special tokens written
+    in the text (`<|im_start|>`) are parsed as such, as a chat template's output needs."""
+    data = text.encode("utf-8", errors="replace")
+    capacity = len(data) + 8
+    buffer = (llama_cpp.llama_token * capacity)()
+    count = llama_cpp.llama_tokenize(vocab, data, len(data), buffer, capacity, add_special, True)
+    if count < 0:  # more tokens than bytes (never for real vocabularies), retry with room
+        capacity = -count
+        buffer = (llama_cpp.llama_token * capacity)()
+        count = llama_cpp.llama_tokenize(
+            vocab, data, len(data), buffer, capacity, add_special, True
+        )
+    return list(buffer[:count])
+
+
+def token_piece(vocab: Any, token: int, buffer: Any, special: bool = False) -> bytes:
+    """The bytes of one token, written through `buffer` (a 256-byte ctypes string buffer)."""
+    size = llama_cpp.llama_token_to_piece(vocab, token, buffer, 256, 0, special)
+    if size < 0:
+        bigger = ctypes.create_string_buffer(-size)
+        size = llama_cpp.llama_token_to_piece(vocab, token, bigger, -size, 0, special)
+        return bigger.raw[:size]
+    return buffer.raw[:size]
+
+
+def special_text(vocab: Any, token: int, buffer: Any) -> str:
+    """The text of a special token (BOS, EOS), or "" when the vocabulary has none (-1)."""
+    if token < 0:
+        return ""
+    return token_piece(vocab, token, buffer, special=True).decode("utf-8", errors="replace")

@@ -2,7 +2,8 @@
 
 The API handlers, tool calling and the manager talk to a model only through this; they never
 see llama.cpp. `LlamaEngine` is the real one; `FakeEngine` is a deterministic stand-in for fast
-in-process tests of the manager, admission and the API.
+in-process tests of the manager, admission and the API. `Tokenizer` is the part of it that
+counting tokens needs, which a vocabulary-only `engine.vocab.Vocabulary` also provides.
 """
 
 from __future__ import annotations
@@ -35,3 +36,13 @@ class Engine(Protocol):
     async def embed(self, texts: list[str]) -> tuple[list[list[float]], int]: ...
 
     def stats(self) -> EngineStats: ...
+
+
+class Tokenizer(Protocol):
+    """What counting tokens needs of a model: `info` (its chat template, BOS and EOS) and its
+    tokenizer. Every `Engine` is one, and so is a vocabulary-only `Vocabulary`; `tokenize` runs
+    off the event loop and never blocks it."""
+
+    info: EngineInfo | None
+
+    async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]: ...

@@ -9,6 +9,9 @@ over an `httpx.MockTransport` and assert what the neuron was asked, in order.
 
 What reaches the neuron: the client's bytes, or the real model id for an alias and the
 catalogue's `max_output_tokens` cap.
+
+Counting tokens (Anthropic `count_tokens`) never plans, loads or evicts: a ready replica counts,
+else an up neuron counts from the catalogue source (a neuron that takes loads first).
 """
 
 from __future__ import annotations
@@ -21,7 +24,14 @@ import pytest
 
 from cortex.api.proxy import Dispatcher
 from cortex.config import GatewayConfig, NeuronEndpoint
-from cortex.errors import Conflict, LoadTimeout, NoCapacity, NodeUnavailable, UpstreamError
+from cortex.errors import (
+    Conflict,
+    LoadTimeout,
+    ModelNotFound,
+    NoCapacity,
+    NodeUnavailable,
+    UpstreamError,
+)
 from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.scheduler import Scheduler
 from cortex.fleet.state import CatalogueEntry, NodeState
@@ -47,6 +57,9 @@ class ScriptedNeuron:
         self.seen: list[str] = []
         self.bodies: list[bytes] = []
         self.on_load_attempt = lambda attempt: None
+        self.tokenize: list[tuple[int, dict[str, Any]]] = [(200, {"count": 7})]
+        self.tokenized: list[dict[str, Any]] = []  # every /tokenize body, parsed
+        self.unreachable = False  # /tokenize fails to connect
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
@@ -74,6 +87,12 @@ class ScriptedNeuron:
             status, body = _nth(self.load, attempt - 1)
             if status == 200:
                 self.state = "ready"
+            return httpx.Response(status, json=body)
+        if path == "/tokenize":
+            if self.unreachable:
+                raise httpx.ConnectError("refused", request=request)
+            self.tokenized.append(json.loads(request.content))
+            status, body = _nth(self.tokenize, len(self.tokenized) - 1)
             return httpx.Response(status, json=body)
         if path == "/v1/chat/completions":
             self.bodies.append(request.content)
@@ -248,3 +267,114 @@ async def test_a_malformed_whole_answer_is_node_unavailable_and_the_node_leaves_
     with pytest.raises(NodeUnavailable, match="malformed answer"):
         await dispatcher.fetch_json("m", "/v1/chat/completions", BODY, json.dumps(BODY).encode())
     assert not dispatcher.registry.node("n").up
+
+
+# -- counting tokens (Anthropic count_tokens) never loads a model ----------------------------------
+
+COUNT = {"model": "m", "messages": [{"role": "user", "content": "Hi"}]}
+
+
+async def _fleet(neurons: dict[str, ScriptedNeuron], entry: CatalogueEntry) -> Dispatcher:
+    config = GatewayConfig(
+        neurons=tuple(NeuronEndpoint(name, f"http://{name}") for name in neurons),
+        models=(entry,),
+        aliases={"claude-*": "m"},
+    )
+    clients = {
+        endpoint.name: NeuronClient(
+            httpx.AsyncClient(transport=httpx.MockTransport(neurons[endpoint.name])), endpoint
+        )
+        for endpoint in config.neurons
+    }
+    registry = FleetRegistry(
+        [NodeState(name=name, endpoint=f"http://{name}") for name in neurons],
+        config.models,
+        config.aliases,
+        lambda: 0.0,
+    )
+    poller = Poller(registry, clients, interval_s=60, down_after_misses=2)
+    for name in neurons:
+        await poller.poll(name)
+        neurons[name].seen.clear()
+    return Dispatcher(
+        config, Scheduler(config, registry, clients, poller), registry, poller, clients
+    )
+
+
+async def test_a_model_not_loaded_is_counted_from_its_source_and_nothing_loads() -> None:
+    neuron = ScriptedNeuron(state=None)
+    dispatcher = await _fleet({"n": neuron}, CatalogueEntry("m", source="org/repo:Q4_K_M"))
+    assert await dispatcher.tokenize("claude-haiku", {**COUNT, "model": "claude-haiku"}) == 7
+    assert neuron.seen == ["POST /tokenize"]  # no plan, no load, no unload
+    assert neuron.tokenized == [{**COUNT, "source": "org/repo:Q4_K_M"}]  # the real id
+    assert dispatcher.scheduler.loads_in_progress() == []
+    assert not any(event.kind.startswith("load") for event in dispatcher.registry.events)
+
+
+async def test_a_ready_replica_counts_and_gets_no_source() -> None:
+    neuron = ScriptedNeuron()
+    dispatcher = await _fleet({"n": neuron}, CatalogueEntry("m", source="org/repo"))
+    assert await dispatcher.tokenize("m", COUNT) == 7
+    assert neuron.seen == ["POST /tokenize"] and neuron.tokenized == [COUNT]
+
+
+async def test_a_replica_gone_since_the_poll_is_polled_again_then_counted_from_the_source() -> None:
+    neuron = ScriptedNeuron()
+    dispatcher = await _fleet({"n": neuron}, CatalogueEntry("m"))
+    neuron.state = None  # unloaded within one poll interval
+    gone = _error("model_not_found", "model 'm' is not loaded")
+    neuron.tokenize = [(404, gone), (200, {"count": 9})]
+    assert await dispatcher.tokenize("m", COUNT) == 9
+    assert neuron.seen == ["POST /tokenize", "GET /models", "POST /tokenize"]
+    assert neuron.tokenized == [COUNT, {**COUNT, "source": "m"}]
+
+
+async def test_other_count_errors_pass_through() -> None:
+    neuron = ScriptedNeuron(state=None)
+    dispatcher = await _fleet({"n": neuron}, CatalogueEntry("m", source="gone.gguf"))
+    neuron.tokenize = [(404, _error("source_not_found", "no GGUF named gone.gguf"))]
+    with pytest.raises(UpstreamError) as raised:
+        await dispatcher.tokenize("m", COUNT)
+    assert (raised.value.status, raised.value.code) == (404, "source_not_found")
+    assert neuron.seen == ["POST /tokenize"]
+
+
+async def test_an_unknown_model_is_404_and_no_neuron_is_asked() -> None:
+    neuron = ScriptedNeuron(state=None)
+    dispatcher = await _fleet({"n": neuron}, CatalogueEntry("m"))
+    with pytest.raises(ModelNotFound):
+        await dispatcher.tokenize("nope", {**COUNT, "model": "nope"})
+    assert neuron.seen == []
+
+
+async def test_with_no_neuron_up_a_count_is_no_capacity() -> None:
+    neuron = ScriptedNeuron(state=None)
+    dispatcher = await _fleet({"n": neuron}, CatalogueEntry("m"))
+    dispatcher.poller.mark_down("n", "test")
+    with pytest.raises(NoCapacity) as raised:
+        await dispatcher.tokenize("m", COUNT)
+    assert raised.value.status == 503 and raised.value.retry_after
+    assert neuron.seen == []
+
+
+async def test_a_neuron_that_takes_loads_counts_first_and_a_cordoned_one_still_can() -> None:
+    a, b = ScriptedNeuron(state=None), ScriptedNeuron(state=None)
+    dispatcher = await _fleet({"a": a, "b": b}, CatalogueEntry("m"))
+    dispatcher.registry.update_node("a", cordoned=True)
+    assert await dispatcher.tokenize("m", COUNT) == 7
+    assert (a.seen, b.seen) == ([], ["POST /tokenize"])
+    dispatcher.registry.update_node("b", cordoned=True)  # no node takes loads: still counted
+    assert await dispatcher.tokenize("m", COUNT) == 7
+    assert (a.seen, b.seen) == (["POST /tokenize"], ["POST /tokenize"])
+
+
+async def test_an_unreachable_neuron_leaves_routing_and_the_next_one_counts() -> None:
+    a, b = ScriptedNeuron(state=None), ScriptedNeuron(state=None)
+    dispatcher = await _fleet({"a": a, "b": b}, CatalogueEntry("m"))
+    a.unreachable = True
+    assert await dispatcher.tokenize("m", COUNT) == 7
+    assert not dispatcher.registry.node("a").up and b.tokenized == [{**COUNT, "source": "m"}]
+    b.unreachable = True
+    with pytest.raises(NodeUnavailable):
+        await dispatcher.tokenize("m", COUNT)
+    assert not dispatcher.registry.node("b").up
