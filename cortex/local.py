@@ -63,6 +63,9 @@ def _any_free_port() -> int:
         return sock.getsockname()[1]
 
 
+HEALTH_RETRY_S = 0.1  # between two /health probes while the local neuron starts
+
+
 class LocalNeuron:
     """The neuron child process of local mode."""
 
@@ -85,7 +88,10 @@ class LocalNeuron:
                 if httpx.get(self.endpoint + "/health", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
-                time.sleep(0.1)
+                pass  # not listening yet
+            # Also after an answer that is not 200 (a neuron still starting, or another
+            # program on the port): asking again at once would spin a core.
+            time.sleep(HEALTH_RETRY_S)
         raise TimeoutError("the local neuron did not start")
 
     def stop(self, timeout_s: float = 30) -> None:

@@ -32,7 +32,7 @@ from cortex.errors import (
     NotFound,
     UpstreamError,
 )
-from cortex.fleet.eviction import Victim, defrag_due, idle_unloads
+from cortex.fleet.eviction import Victim, defrag_due, evictable, idle_unloads
 from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.routing import (
     AwaitLoad,
@@ -328,18 +328,34 @@ class Scheduler:
     # -- admin actions -----------------------------------------------------------------------
 
     async def load_on(self, requested: str, node: str | None) -> Target:
+        """An operator's load: placed like a request's (`node` None) or on `node`.
+
+        Single flight either way: a load of the same model already running is waited for
+        first, and requests that arrive meanwhile join this one instead of placing their own."""
         model_id = self.registry.snapshot().resolve(requested)
         entry = self.registry.snapshot().entry(model_id)
+        deadline = time.monotonic() + self.config.cold_load_timeout_s
         if node is None:
-            task = self.loading(model_id)
-            return await self.wait_loaded(task, time.monotonic() + self.config.cold_load_timeout_s)
+            return await self.wait_loaded(self.loading(model_id), deadline)
         if node not in self.clients:
             raise NotFound(f"no neuron named {node!r}")
         if entry is None:
             raise ModelNotFound(f"model {model_id!r} is not in the catalogue", param="model")
+        while (running := self._loads.get(model_id)) is not None and not running.done():
+            with contextlib.suppress(CortexError):
+                await self.wait_loaded(running, deadline)
+        slot = self.registry.node(node).slot(model_id)
+        if slot is not None and slot.state == READY:
+            return Target(node, model_id)
+        task = asyncio.get_running_loop().create_task(self._load_there(entry, node))
+        self._loads[model_id] = task
+        task.add_done_callback(lambda t, key=model_id: self._forget(key, t))
+        return await self.wait_loaded(task, deadline)
+
+    async def _load_there(self, entry: CatalogueEntry, node: str) -> Target:
         async with self._node_locks[node]:
             await self._load(entry, node)
-        return Target(node, model_id)
+        return Target(node, entry.id)
 
     async def unload(self, requested: str, node: str | None, reason: str = "manual") -> list[str]:
         model_id = self.registry.snapshot().resolve(requested)
@@ -379,11 +395,15 @@ class Scheduler:
             await asyncio.sleep(self.config.poll_interval_s)
             try:
                 await self.housekeep()
-            except CortexError as exc:
-                log.warning("housekeeping: %s", exc.message)
+            except Exception:
+                # A bug must not end housekeeping for the life of the process: log it, go on.
+                log.exception("housekeeping failed; trying again next interval")
 
     async def housekeep(self) -> None:
-        """Idle unloads, moving models off cordoned nodes, and defragmentation."""
+        """Idle unloads, moving models off cordoned nodes, and defragmentation.
+
+        Each node's work stands alone: a neuron that fails or answers off the contract is
+        taken out of routing (`Poller.mark_down`) and the other nodes are still served."""
         snapshot = self.registry.snapshot()
         now = self.clock()
         victims = idle_unloads(snapshot, now, self.config.idle_unload_after_s)
@@ -391,16 +411,31 @@ class Scheduler:
             if node.cordoned and node.up:
                 victims += [
                     Victim(slot.model_id, node.name, slot.vram_used_mb, "cordon")
-                    for slot in node.models
-                    if slot.state == READY and not slot.busy
+                    for slot in evictable(node, snapshot, max_priority=None)
                 ]
+        failed: set[str] = set()
         for victim in victims:
+            if victim.node in failed:
+                continue
             async with self._node_locks[victim.node]:
-                with contextlib.suppress(Conflict, NotFound):
+                try:
                     await self.evict(victim)
+                except (Conflict, NotFound):
+                    continue  # it got busy, or went away on its own: nothing to do
+                except CortexError as exc:
+                    failed.add(victim.node)
+                    self._node_failed(victim.node, f"unloading {victim.model_id}: {exc.message}")
         for node in self.registry.snapshot().nodes.values():
-            if defrag_due(node, self.config.defrag_after_cycles):
+            if node.name in failed or not defrag_due(node, self.config.defrag_after_cycles):
+                continue
+            try:
                 await self._defrag(node.name)
+            except CortexError as exc:
+                self._node_failed(node.name, f"defragmenting: {exc.message}")
+
+    def _node_failed(self, node: str, why: str) -> None:
+        log.warning("housekeeping on %s: %s", node, why)
+        self.poller.mark_down(node, why)
 
     async def _defrag(self, name: str) -> None:
         """Reload a node's resident set from scratch so its VRAM is one clean layout again."""

@@ -63,7 +63,7 @@ class NeuronClient:
             raise _upstream_error(response.status_code, response.content, response.headers)
         try:
             return response.json()
-        except json.JSONDecodeError as exc:
+        except ValueError as exc:  # not JSON, or not even UTF-8
             raise NodeUnavailable(f"neuron {self.name} sent a non-JSON answer") from exc
 
     def _timeout(self, read_s: float | None) -> httpx.Timeout:
