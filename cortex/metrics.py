@@ -155,6 +155,13 @@ class GatewayMetrics:
             ("node", "reason"),
             registry=r,
         )
+        self.routed = Counter(
+            "cortex_requests_routed",
+            "Requests sent to a ready replica, by what chose it: prefix affinity (the replica "
+            "that served the conversation last), load (the least busy) or a cold load",
+            ("model", "by"),
+            registry=r,
+        )
         self.single_flight_joins = Counter(
             "cortex_single_flight_joins",
             "Requests that joined a cold load already running",
@@ -239,11 +246,14 @@ class RequestObserver:
     def requested(self, name: str) -> None:
         self.model = label(self._known_model(name))
 
-    def placed(self, node: str, model_id: str, cold_wait_s: float) -> None:
+    def placed(self, node: str, model_id: str, cold_wait_s: float, by: str = "load") -> None:
+        """The request is open on `node`'s replica of `model_id`, after `cold_wait_s` of
+        waiting for a load, chosen `by` affinity or load (`Target.by`)."""
         self.node, self.model = node, label(model_id)
         self.ready_at = time.monotonic()
         if cold_wait_s > 0:
             self.metrics.cold_wait.labels(self.model, self.dialect).observe(cold_wait_s)
+        self.metrics.routed.labels(self.model, "cold" if cold_wait_s > 0 else by).inc()
 
     def chunk(self) -> None:
         now = time.monotonic()

@@ -1,7 +1,8 @@
 """An in-process fleet of fake neurons for the gateway's effects layer: no sockets, no models.
 
 `FakeNeuron` answers the neuron ⇄ cortex contract (`/discovery`, `/health`, `/models`,
-`/models/plan`, `/models/load`, `/models/unload`) from a small state machine: models load after
+`/models/plan`, `/models/load`, `/models/unload`, and `/v1/chat/completions` with a fixed
+answer, noting the `served` model ids) from a small state machine: models load after
 `load_s` seconds of event-loop time, take their planned VRAM from one fake GPU and give it back
 on unload; an unload of a model with requests in flight is the neuron's 409 `model_busy`, and a
 second load of an id that is loading joins the first, as the real manager does. `broken` paths
@@ -20,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from cortex.api.proxy import Dispatcher
 from cortex.config import GatewayConfig, NeuronEndpoint
 from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.scheduler import Scheduler
@@ -52,6 +54,7 @@ class FakeNeuron:
     models: dict[str, FakeModel] = field(default_factory=dict)
     broken: set[str] = field(default_factory=set)
     seen: list[str] = field(default_factory=list)
+    served: list[str] = field(default_factory=list)
     uptime_s: float = 100.0
 
     @property
@@ -95,6 +98,18 @@ class FakeNeuron:
             return await self._load(model)
         if path == "/models/unload":
             return self._unload(model)
+        if (
+            path == "/v1/chat/completions"
+            and self.models.get(model, FakeModel("", 0)).state == "ready"
+        ):
+            self.served.append(model)
+            answer = {"choices": [{"message": {"role": "assistant", "content": self.name}}]}
+            # A body to be read as a stream, as the gateway reads a neuron's answers.
+            return httpx.Response(
+                200,
+                headers={"content-type": "application/json"},
+                stream=httpx.ByteStream(json.dumps(answer).encode()),
+            )
         return httpx.Response(404, json=_error("not_found", f"no route {path}"))
 
     def _health(self) -> dict[str, Any]:
@@ -212,6 +227,9 @@ class Fleet:
         self.poller = Poller(self.registry, self.clients, interval_s=60, down_after_misses=2)
         self.scheduler = Scheduler(
             self.config, self.registry, self.clients, self.poller, clock=self.clock
+        )
+        self.dispatcher = Dispatcher(
+            self.config, self.scheduler, self.registry, self.poller, self.clients
         )
 
     def clock(self) -> float:

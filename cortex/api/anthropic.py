@@ -56,23 +56,28 @@ async def count_tokens(request: Request) -> HTTPResponse:
 async def messages(request: Request) -> HTTPResponse | None:
     observer = observe(request, "anthropic", "messages")
     with observer.observing() as outcome:
-        model, openai_body = validation.anthropic_request(request)
+        model, openai_body, conversation = validation.anthropic_request(request)
         observer.requested(model)
         dispatcher: Dispatcher = request.app.ctx.dispatcher
         if not openai_body.get("stream"):
-            return await _whole(dispatcher, observer, model, openai_body)
+            return await _whole(dispatcher, observer, model, openai_body, conversation)
         outcome.status, outcome.code = await _stream(
-            request, dispatcher, observer, model, openai_body
+            request, dispatcher, observer, model, openai_body, conversation
         )
         return None
 
 
 async def _whole(
-    dispatcher: Dispatcher, observer: RequestObserver, model: str, openai_body: dict[str, Any]
+    dispatcher: Dispatcher,
+    observer: RequestObserver,
+    model: str,
+    openai_body: dict[str, Any],
+    conversation: str | None,
 ) -> HTTPResponse:
     raw = json.dumps(openai_body).encode()
-    exchange, upstream = await dispatcher.fetch_json(model, _CHAT, openai_body, raw)
-    observer.placed(exchange.target.node, exchange.target.model_id, exchange.cold_load_s)
+    exchange, upstream = await dispatcher.fetch_json(model, _CHAT, openai_body, raw, conversation)
+    target = exchange.target
+    observer.placed(target.node, target.model_id, exchange.cold_load_s, target.by)
     observer.chunk()
     observer.usage(upstream.get("usage"))
     message = to_anthropic_response(
@@ -116,9 +121,11 @@ async def _stream(
     observer: RequestObserver,
     model: str,
     openai_body: dict[str, Any],
+    conversation: str | None,
 ) -> tuple[int, str | None]:
     """Relay as Anthropic events; returns the status and error code to record."""
-    target = dispatcher.ready(model)  # unknown model / no capacity: an HTTP error, not a stream
+    # An unknown model or no capacity is an HTTP error, not a stream.
+    target = dispatcher.ready(model, conversation)
     # On a ready replica the prompt is counted first (quick), so message_start carries it;
     # during a cold load (or when counting takes longer than a keep-alive interval)
     # message_start goes out at once and message_delta carries the count.
@@ -130,7 +137,15 @@ async def _stream(
         input_tokens=input_tokens,
         stop_sequences=openai_body.get("stop") or (),
     )
-    return await sse.relay(request, dispatcher, observer, model, openai_body, _Framer(translator))
+    return await sse.relay(
+        request,
+        dispatcher,
+        observer,
+        model,
+        openai_body,
+        _Framer(translator),
+        conversation=conversation,
+    )
 
 
 async def _input_tokens(

@@ -22,6 +22,7 @@ from sanic.response import json as json_response
 from cortex.api import sse, validation
 from cortex.api.proxy import Dispatcher
 from cortex.errors import CortexError, ModelNotFound
+from cortex.fleet.affinity import affinity_key, explicit_key
 from cortex.fleet.catalogue import catalogue_view, model_ids, model_view
 from cortex.metrics import RequestObserver
 
@@ -86,12 +87,16 @@ async def relay(request: Request, path: str, endpoint: str) -> HTTPResponse | No
         model = body["model"]
         observer.requested(model)
         dispatcher: Dispatcher = request.app.ctx.dispatcher
+        # Embeddings keep no prompt cache: only generation has a replica worth returning to.
+        conversation = None if endpoint == "embeddings" else affinity_key(explicit_key(body), body)
         if body.get("stream") is not True:
-            response = await _relay_whole(dispatcher, observer, model, path, body, request.body)
+            response = await _relay_whole(
+                dispatcher, observer, model, path, body, request.body, conversation
+            )
             outcome.status = response.status
             return response
         outcome.status, outcome.code = await _relay_stream(
-            request, dispatcher, observer, model, path, body
+            request, dispatcher, observer, model, path, body, conversation
         )
         return None
 
@@ -103,9 +108,11 @@ async def _relay_whole(
     path: str,
     body: dict[str, Any],
     raw_body: bytes,
+    conversation: str | None,
 ) -> HTTPResponse:
-    exchange, content = await dispatcher.fetch(model, path, body, raw_body)
-    observer.placed(exchange.target.node, exchange.target.model_id, exchange.cold_load_s)
+    exchange, content = await dispatcher.fetch(model, path, body, raw_body, conversation)
+    target = exchange.target
+    observer.placed(target.node, target.model_id, exchange.cold_load_s, target.by)
     observer.chunk()
     with contextlib.suppress(ValueError, AttributeError):
         observer.usage(json.loads(content).get("usage"))
@@ -123,6 +130,7 @@ async def _relay_stream(
     model: str,
     path: str,
     body: dict[str, Any],
+    conversation: str | None,
 ) -> tuple[int, str | None]:
     """Relay an SSE stream; returns the status and error code to record for it."""
     options = body.get("stream_options")
@@ -134,7 +142,15 @@ async def _relay_stream(
         raw_body = None
     framer = _Framer(keep_usage=client_wants_usage)
     return await sse.relay(
-        request, dispatcher, observer, model, body, framer, path=path, raw_body=raw_body
+        request,
+        dispatcher,
+        observer,
+        model,
+        body,
+        framer,
+        path=path,
+        raw_body=raw_body,
+        conversation=conversation,
     )
 
 

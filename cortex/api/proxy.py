@@ -142,11 +142,14 @@ class Dispatcher:
         path: str,
         body: dict[str, Any],
         raw: bytes,
+        conversation: str | None = None,
     ) -> Exchange:
+        """Open `body` on a replica of `requested` (the one that served `conversation` last, by
+        the affinity rule), cold-loading it if none is ready; see the module docstring."""
         exclude: frozenset[str] = frozenset()
         repolled = False
         while True:  # at most three turns: one elsewhere, one after a re-poll
-            target = self.scheduler.route_now(requested, exclude)
+            target = self.scheduler.route_now(requested, exclude, conversation)
             cold_started = time.monotonic()
             cold_load_s = 0.0
             if target is None:
@@ -184,6 +187,7 @@ class Dispatcher:
                     await self._repoll(target.node)
                     continue
                 raise
+            self.registry.remember_served(target.model_id, conversation, target.node)
             return Exchange(
                 target,
                 response,
@@ -206,10 +210,15 @@ class Dispatcher:
         return json.dumps({**sent, "model": target.model_id}).encode()
 
     async def fetch(
-        self, requested: str, path: str, body: dict[str, Any], raw: bytes
+        self,
+        requested: str,
+        path: str,
+        body: dict[str, Any],
+        raw: bytes,
+        conversation: str | None = None,
     ) -> tuple[Exchange, bytes]:
         """A whole (non-streaming) answer: the closed exchange and its body."""
-        exchange = await self.open(requested, path, body, raw)
+        exchange = await self.open(requested, path, body, raw, conversation)
         try:
             content = await exchange.read()
         finally:
@@ -217,12 +226,17 @@ class Dispatcher:
         return exchange, content
 
     async def fetch_json(
-        self, requested: str, path: str, body: dict[str, Any], raw: bytes
+        self,
+        requested: str,
+        path: str,
+        body: dict[str, Any],
+        raw: bytes,
+        conversation: str | None = None,
     ) -> tuple[Exchange, dict[str, Any]]:
         """A whole answer that is translated, not relayed: its JSON object. A neuron that
         answers anything else has broken the contract: `NodeUnavailable`, and the node leaves
         routing until it polls well."""
-        exchange, content = await self.fetch(requested, path, body, raw)
+        exchange, content = await self.fetch(requested, path, body, raw, conversation)
         try:
             answer = json.loads(content)
         except ValueError:
@@ -233,12 +247,13 @@ class Dispatcher:
             raise NodeUnavailable(f"neuron {node} sent a malformed answer")
         return exchange, answer
 
-    def ready(self, requested: str) -> Target | None:
-        """A ready replica of `requested` now, or None when it must load first.
+    def ready(self, requested: str, conversation: str | None = None) -> Target | None:
+        """A ready replica of `requested` now (the one `open` would pick for `conversation`), or
+        None when it must load first.
 
         Raises `ModelNotFound` / `NoCapacity` when that is already known, so that a streaming
         handler can refuse with an HTTP status before it starts its stream."""
-        return self.scheduler.route_now(requested)
+        return self.scheduler.route_now(requested, conversation=conversation)
 
     async def target(self, requested: str) -> Target:
         """A ready replica of `requested`, cold-loading it if needed, without opening a request."""

@@ -24,6 +24,7 @@ from cortex.api.openai import observe
 from cortex.api.proxy import Dispatcher
 from cortex.dialects.responses import ResponsesRequest, ResponsesStream, to_response
 from cortex.errors import CortexError
+from cortex.fleet.affinity import affinity_key
 from cortex.metrics import RequestObserver
 
 bp = Blueprint("responses", url_prefix="/v1")
@@ -77,7 +78,13 @@ async def responses(request: Request) -> HTTPResponse | None:
             namespaces=parsed.namespaces,
         )
         outcome.status, outcome.code = await sse.relay(
-            request, dispatcher, observer, parsed.model, parsed.chat, _Framer(stream)
+            request,
+            dispatcher,
+            observer,
+            parsed.model,
+            parsed.chat,
+            _Framer(stream),
+            conversation=_conversation(parsed),
         )
         return None
 
@@ -86,8 +93,11 @@ async def _whole(
     dispatcher: Dispatcher, observer: RequestObserver, parsed: ResponsesRequest, created_at: int
 ) -> HTTPResponse:
     raw = json.dumps(parsed.chat).encode()
-    exchange, upstream = await dispatcher.fetch_json(parsed.model, sse.CHAT_PATH, parsed.chat, raw)
-    observer.placed(exchange.target.node, exchange.target.model_id, exchange.cold_load_s)
+    exchange, upstream = await dispatcher.fetch_json(
+        parsed.model, sse.CHAT_PATH, parsed.chat, raw, _conversation(parsed)
+    )
+    target = exchange.target
+    observer.placed(target.node, target.model_id, exchange.cold_load_s, target.by)
     observer.chunk()
     observer.usage(upstream.get("usage"))
     answer = to_response(
@@ -100,3 +110,8 @@ async def _whole(
         namespaces=parsed.namespaces,
     )
     return json_response(answer)
+
+
+def _conversation(parsed: ResponsesRequest) -> str | None:
+    """The affinity key: the client's `prompt_cache_key` or `user`, else the opening."""
+    return affinity_key(parsed.hints.prompt_cache_key or parsed.hints.user, parsed.chat)

@@ -108,10 +108,11 @@ async def relay(
     *,
     path: str = CHAT_PATH,
     raw_body: bytes | None = None,
+    conversation: str | None = None,
 ) -> tuple[int, str | None]:
     """Serve one stream of `body` to the neuron's `path` (see the module docstring); returns
     the status and error code to record for it. `raw_body` is `body` as the client sent it,
-    when it goes on unchanged."""
+    when it goes on unchanged; `conversation` is the request's affinity key."""
     response: HTTPResponse | None = None
 
     async def send(payload: bytes) -> None:
@@ -132,7 +133,7 @@ async def relay(
     if framer.opens_at_once:
         await open_response()
     raw = raw_body if raw_body is not None else json.dumps(body).encode()
-    opening = dispatcher.open(model, path, body, raw)
+    opening = dispatcher.open(model, path, body, raw, conversation)
     try:
         exchange = await with_keepalives(opening, beat, dispatcher.config.keepalive_interval_s)
     except CortexError as exc:
@@ -141,7 +142,8 @@ async def relay(
         await send(framer.fail(exc))
         await response.eof()
         return exc.status, exc.code
-    observer.placed(exchange.target.node, exchange.target.model_id, exchange.cold_load_s)
+    target = exchange.target
+    observer.placed(target.node, target.model_id, exchange.cold_load_s, target.by)
     outcome: tuple[int, str | None] = (200, None)
     try:
         await open_response()

@@ -30,6 +30,7 @@ from cortex.dialects.openai import check_request, min_prompt_tokens, model_of
 from cortex.dialects.responses import ResponsesRequest, to_chat_request
 from cortex.dialects.schema import check_schema
 from cortex.errors import InvalidRequest
+from cortex.fleet.affinity import affinity_key
 from cortex.fleet.state import FleetSnapshot
 
 # Deep enough for any real body (a JSON Schema in a tool nests a few levels per schema level),
@@ -128,14 +129,17 @@ def openai_request(request: Request, endpoint: str) -> dict[str, Any]:
     return body
 
 
-def anthropic_request(request: Request) -> tuple[str, dict[str, Any]]:
-    """A /v1/messages body: the requested model and the OpenAI chat body it translates to."""
+def anthropic_request(request: Request) -> tuple[str, dict[str, Any], str | None]:
+    """A /v1/messages body: the requested model, the OpenAI chat body it translates to, and its
+    conversation's affinity key (`metadata.user_id` when given, else the opening)."""
     body = json_object(request.body)
     model = model_of(body)
     _anthropic_schemas(body)
     openai_body = _translated(to_openai_request, body)
     check_context(request.app.ctx.registry.snapshot(), openai_body, "messages")
-    return model, openai_body
+    metadata = body.get("metadata")
+    user_id = metadata.get("user_id") if isinstance(metadata, dict) else None
+    return model, openai_body, affinity_key(user_id, openai_body)
 
 
 def responses_request(request: Request) -> ResponsesRequest:

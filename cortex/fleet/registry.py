@@ -11,7 +11,7 @@ they start rather than at the next poll. No I/O here; events are kept for the ad
 from __future__ import annotations
 
 import itertools
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from types import MappingProxyType
@@ -20,6 +20,7 @@ from typing import Any
 from cortex.fleet.state import CatalogueEntry, FleetSnapshot, NodeState
 
 EVENT_HISTORY = 200
+AFFINITY_KEYS = 10_000  # conversations whose replica is remembered; the oldest are forgotten
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,8 @@ class FleetEvent:
 
 class FleetRegistry:
     """The one mutable holder of fleet state: nodes, catalogue, aliases, cortex's live in-flight
-    counts, and the last `EVENT_HISTORY` events.
+    counts, the replica that last served each conversation (`AFFINITY_KEYS` of them, by their
+    opaque `affinity` keys), and the last `EVENT_HISTORY` events.
 
     Writers replace whole frozen values (`put_node`, `update_node`, `put_entry`); readers take
     `snapshot()`, which is cached until the next write. No locks and no I/O: every write happens on
@@ -72,6 +74,7 @@ class FleetRegistry:
         self._snapshot: FleetSnapshot | None = None
         self.events: deque[FleetEvent] = deque(maxlen=EVENT_HISTORY)
         self._seq = itertools.count(1)
+        self._affinity: OrderedDict[tuple[str, str], str] = OrderedDict()
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -116,6 +119,19 @@ class FleetRegistry:
         self._catalogue[entry.id] = entry
         self._catalogue_view = MappingProxyType(dict(self._catalogue))
         self._snapshot = None
+
+    def served_last(self, model_id: str, key: str | None) -> str | None:
+        """The node whose replica of `model_id` last served conversation `key`, if remembered."""
+        return None if key is None else self._affinity.get((model_id, key))
+
+    def remember_served(self, model_id: str, key: str | None, node: str) -> None:
+        """`node` now serves conversation `key` of `model_id` (the oldest keys are forgotten)."""
+        if key is None:
+            return
+        self._affinity[(model_id, key)] = node
+        self._affinity.move_to_end((model_id, key))
+        while len(self._affinity) > AFFINITY_KEYS:
+            self._affinity.popitem(last=False)
 
     def request_started(self, node: str, model_id: str) -> None:
         self._in_flight[(node, model_id)] += 1

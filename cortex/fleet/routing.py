@@ -12,9 +12,19 @@ answer, which the (impure) scheduler fetches in between:
 
 Serving (`route`): ready replicas on nodes that are up, not excluded (already tried for this
 request) and whose neuron is not draining. A cordoned node still serves what it holds; cordoning
-only stops new cold loads there, and its models move away as they go idle. Best replica: least
-`slot.load` (in flight + queued), then fewest in flight, then most free VRAM on its node, then
-node name.
+only stops new cold loads there, and its models move away as they go idle. Least busy replica:
+least `slot.load` (in flight + queued), then fewest in flight, then most free VRAM on its node,
+then node name.
+
+Prefix affinity (`prefer`: the node that served this conversation last, see `affinity`): that
+replica keeps the conversation, because its KV cache holds the prompt so far, as long as it has
+a free decode slot (`load < max_in_flight`) or is at most `AFFINITY_SLACK` requests busier than
+the least busy replica (a bounded-load rule: a hot replica sheds new turns to the others rather
+than queueing them). `Serve.by` says which rule chose: `affinity` or `load`. A conversation
+with no replica of its own yet (`conversation` given, `prefer` None or unusable) goes to the
+least busy replica, ties broken by a rendezvous hash of the key and the node name rather than by
+free VRAM: new conversations spread evenly over equally idle replicas, and the same key picks
+the same replica while the set of replicas is the same.
 
 Placement (`place`) over the nodes that answered a plan and accept loads. Each node offers at
 most one option; the best option wins, compared in this order:
@@ -66,6 +76,7 @@ results are frozen dataclasses; equal inputs give equal answers (every tie is br
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -84,6 +95,7 @@ from cortex.fleet.state import (
 )
 
 __all__ = [
+    "AFFINITY_SLACK",
     "RETRY_AFTER_S",
     "AwaitLoad",
     "ColdLoad",
@@ -100,14 +112,18 @@ __all__ = [
 # How long a client is told to wait when nothing can take the model now. Loads and busy
 # requests typically settle within seconds; ten keeps retries from hammering a full fleet.
 RETRY_AFTER_S = 10.0
+# How much busier (in requests) than the least busy replica a conversation's own replica may be
+# and still keep it: re-reading a long prompt elsewhere costs more than waiting for one or two.
+AFFINITY_SLACK = 2
 
 
 @dataclass(frozen=True)
 class Serve:
-    """Send the request to this ready replica."""
+    """Send the request to this ready replica, chosen `by` prefix affinity or by load."""
 
     node: str
     model_id: str
+    by: str = "load"
 
 
 @dataclass(frozen=True)
@@ -241,8 +257,12 @@ def route(
     now: float,
     *,
     exclude: frozenset[str] = frozenset(),
+    prefer: str | None = None,
+    conversation: str | None = None,
 ) -> Serve | AwaitLoad | NeedsPlacement | Unknown | Unavailable:
-    """Decide how to serve `requested` (an id or an alias); see the module docstring."""
+    """Decide how to serve `requested` (an id or an alias), preferring the replica on node
+    `prefer` under the affinity rule, for the conversation keyed `conversation`; see the module
+    docstring."""
     del now  # routing depends on state only; `now` keeps the pure-planner signature uniform
     model_id = snapshot.resolve(requested)
     here: list[tuple[NodeState, ModelSlot]] = [
@@ -254,10 +274,22 @@ def route(
     ]
     ready = [(node, slot) for node, slot in here if slot.state == READY]
     if ready:
-        node, _slot = min(
-            ready,
-            key=lambda ns: (ns[1].load, ns[1].in_flight, -ns[0].vram_free_mb, ns[0].name),
-        )
+
+        def busy(pair: tuple[NodeState, ModelSlot]) -> tuple:
+            node, slot = pair
+            spread = (
+                -_rendezvous(conversation, node.name)
+                if conversation is not None
+                else -node.vram_free_mb
+            )
+            return (slot.load, slot.in_flight, spread, node.name)
+
+        node, least = min(ready, key=busy)
+        own = next((slot for n, slot in ready if n.name == prefer), None)
+        if own is not None and (
+            own.load < own.max_in_flight or own.load - least.load <= AFFINITY_SLACK
+        ):
+            return Serve(prefer, model_id, "affinity")
         return Serve(node.name, model_id)
     loading = sorted(node.name for node, slot in here if slot.state == LOADING)
     if loading:
@@ -288,6 +320,11 @@ def route(
             model_id, f"model {named} is not loaded and no node can take a load now", RETRY_AFTER_S
         )
     return NeedsPlacement(model_id, candidates)
+
+
+def _rendezvous(key: str, node: str) -> int:
+    """A stable pseudo-random weight of (conversation, node): highest wins a tie."""
+    return int.from_bytes(hashlib.blake2b(f"{key}\0{node}".encode(), digest_size=8).digest())
 
 
 # Placement tiers, best first.

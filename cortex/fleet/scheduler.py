@@ -64,10 +64,11 @@ _SHRUNK = frozenset({"insufficient_vram", "insufficient_memory"})
 @dataclass(frozen=True)
 class Target:
     """Where a request goes: the replica of model `model_id` (aliases already resolved) on neuron
-    `node`, ready to serve."""
+    `node`, ready to serve, chosen `by` "affinity" or "load" (routing's `Serve.by`)."""
 
     node: str
     model_id: str
+    by: str = "load"
 
 
 class Scheduler:
@@ -102,14 +103,29 @@ class Scheduler:
 
     # -- request path ------------------------------------------------------------------------
 
-    def route_now(self, requested: str, exclude: frozenset[str] = frozenset()) -> Target | None:
-        """A ready replica for `requested` right now, or None when a load is needed.
+    def route_now(
+        self,
+        requested: str,
+        exclude: frozenset[str] = frozenset(),
+        conversation: str | None = None,
+    ) -> Target | None:
+        """A ready replica for `requested` right now, or None when a load is needed; the one that
+        served `conversation` (an affinity key) last when routing's affinity rule allows.
 
         Raises `ModelNotFound` / `NoCapacity` when the answer is already known.
         """
-        decision = route(self.registry.snapshot(), requested, self.clock(), exclude=exclude)
+        snapshot = self.registry.snapshot()
+        prefer = self.registry.served_last(snapshot.resolve(requested), conversation)
+        decision = route(
+            snapshot,
+            requested,
+            self.clock(),
+            exclude=exclude,
+            prefer=prefer,
+            conversation=conversation,
+        )
         if isinstance(decision, Serve):
-            return Target(decision.node, decision.model_id)
+            return Target(decision.node, decision.model_id, decision.by)
         if isinstance(decision, Unknown):
             raise ModelNotFound(decision.message, param="model")
         if isinstance(decision, Unavailable):

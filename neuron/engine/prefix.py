@@ -8,9 +8,12 @@ Rules, in order:
 * A request never takes a sequence that is generating.
 * It reuses the longest common prefix found in any sequence, busy or idle, keeping at least one
   prompt token to evaluate (the logits of the last prompt token are needed to sample).
-* It takes that sequence over in place when it is idle and what would be trimmed away is short
-  (a conversation continuing). Otherwise the shared prefix is copied into another idle sequence,
-  so that the conversation cached there survives (two conversations sharing a system prompt).
+* It takes that sequence over in place when it is idle and what would be trimmed away is short,
+  both in tokens (`KEEP_TAIL_TOKENS`) and next to what is kept (at most a quarter of it): a
+  conversation continuing, whose cached tail is the last reply as sampled rather than as the
+  template renders it. Otherwise the shared prefix is copied into another idle sequence, so
+  that the conversation cached there survives (two conversations sharing a system prompt, even
+  short ones).
 * Target sequences are chosen empty first, then least recently used.
 * When live requests need cells, idle sequences give way least recently used first.
 """
@@ -78,7 +81,8 @@ def choose_sequence(
     best_len, best = max(scored, key=lambda item: (item[0], not item[1].busy, item[1].last_used))
     if best_len == 0:
         return Reuse(_victim(idle).seq_id, 0)
-    if not best.busy and len(best.tokens) - best_len < KEEP_TAIL_TOKENS:
+    tail = len(best.tokens) - best_len
+    if not best.busy and tail < KEEP_TAIL_TOKENS and 4 * tail <= best_len:
         return Reuse(best.seq_id, best_len)
     others = [seq for seq in idle if seq.seq_id != best.seq_id]
     if not others:

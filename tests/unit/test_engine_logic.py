@@ -95,12 +95,26 @@ CONV_B = [*SYSTEM, *range(2000, 2100)]
             True,
             Reuse(1, len(SYSTEM), copy_from=0),
         ),
-        # a short tail is not worth a sequence: trim in place
+        # a tail short in tokens and next to what is kept is not worth a sequence: trim in place
         (
             [*SYSTEM, 1],
-            [seq(0, [*SYSTEM, *range(KEEP_TAIL_TOKENS - 1)]), seq(1, [])],
+            [seq(0, [*SYSTEM, *range(len(SYSTEM) // 4)]), seq(1, [])],
             True,
             Reuse(0, len(SYSTEM)),
+        ),
+        # ... but one as long as the shared prefix is another short conversation: copy
+        (
+            [*SYSTEM[:20], 1],
+            [seq(0, [*SYSTEM[:20], *range(KEEP_TAIL_TOKENS - 7)]), seq(1, [])],
+            True,
+            Reuse(1, 20, copy_from=0),
+        ),
+        # a tail of KEEP_TAIL_TOKENS or more is kept whatever the prefix: copy
+        (
+            [*SYSTEM, 1],
+            [seq(0, [*SYSTEM, *range(KEEP_TAIL_TOKENS)]), seq(1, [])],
+            True,
+            Reuse(1, len(SYSTEM), copy_from=0),
         ),
         # the best match is the only idle sequence: trim it in place
         (CONV_B, [seq(0, CONV_A), seq(1, [3], busy=True)], True, Reuse(0, len(SYSTEM))),

@@ -51,8 +51,10 @@ def slot(
     used: float = 1_000.0,
     in_flight: int = 0,
     queue: int = 0,
+    cap: int = 1,
 ) -> ModelSlot:
     return ModelSlot(
+        max_in_flight=cap,
         model_id=model,
         node="?",
         state=state,
@@ -281,6 +283,71 @@ def test_route(nodes: list[NodeState], exclude: frozenset[str], expected: object
     before = copy.deepcopy(snapshot)
     assert route(snapshot, M, NOW, exclude=exclude) == expected
     assert snapshot == before
+
+
+AFFINITY_ROWS = [
+    # id, nodes, prefer, expected
+    (
+        "own-replica-idle",
+        [node("a", slot()), node("b", slot())],
+        "b",
+        Serve("b", M, "affinity"),
+    ),
+    (
+        "own-replica-has-a-free-slot-though-busier",
+        [node("a", slot(cap=4)), node("b", slot(in_flight=3, cap=4))],
+        "b",
+        Serve("b", M, "affinity"),
+    ),
+    (
+        "own-replica-full-but-within-slack",
+        [node("a", slot(in_flight=2, cap=4)), node("b", slot(in_flight=4, cap=4))],
+        "b",
+        Serve("b", M, "affinity"),
+    ),
+    (
+        "hot-replica-sheds-to-the-least-busy",
+        [node("a", slot(cap=4)), node("b", slot(in_flight=4, queue=2, cap=4))],
+        "b",
+        Serve("a", M),
+    ),
+    (
+        "just-past-the-slack",
+        [node("a", slot(in_flight=1, cap=1)), node("b", slot(in_flight=4, cap=1))],
+        "b",
+        Serve("a", M),
+    ),
+    (
+        "own-node-excluded-or-gone-is-by-load",
+        [node("a", slot()), node("b", slot(in_flight=1))],
+        "c",
+        Serve("a", M),
+    ),
+    (
+        "own-node-draining",
+        [node("a", slot(in_flight=1)), node("b", slot(), draining=True)],
+        "b",
+        Serve("a", M),
+    ),
+    (
+        "own-replica-still-loading",
+        [node("a", slot(in_flight=2)), node("b", slot(state=LOADING))],
+        "b",
+        Serve("a", M),
+    ),
+    ("no-preference", [node("a", slot(in_flight=1)), node("b", slot())], None, Serve("b", M)),
+]
+
+
+@pytest.mark.parametrize(
+    ("nodes", "prefer", "expected"),
+    [row[1:] for row in AFFINITY_ROWS],
+    ids=[row[0] for row in AFFINITY_ROWS],
+)
+def test_route_prefers_the_conversations_replica_within_bounds(
+    nodes: list[NodeState], prefer: str | None, expected: Serve
+) -> None:
+    assert route(fleet(*nodes), M, NOW, prefer=prefer) == expected
 
 
 def test_route_resolves_alias_before_routing() -> None:
@@ -1045,3 +1112,17 @@ def test_route_then_place_round_trip() -> None:
         "b", ("low",), reason="priority"
     )
     assert place(snapshot, M, plans, Strategy.LRU, NOW) == cold("b", ("low2",))
+
+
+def test_new_conversations_spread_over_equally_idle_replicas_and_keep_their_pick() -> None:
+    snapshot = fleet(node("a", slot()), node("b", slot()), node("c", slot()))
+    picks = {
+        f"conversation-{i}": route(snapshot, M, NOW, conversation=f"conversation-{i}")
+        for i in range(60)
+    }
+    counts = {name: sum(1 for p in picks.values() if p.node == name) for name in "abc"}
+    assert all(10 <= count <= 30 for count in counts.values()), counts
+    assert all(route(snapshot, M, NOW, conversation=k) == p for k, p in picks.items())
+    # Load still comes first: a busier replica is not picked for a new conversation.
+    busy_a = fleet(node("a", slot(in_flight=1)), node("b", slot()), node("c", slot()))
+    assert all(route(busy_a, M, NOW, conversation=k).node != "a" for k in picks)

@@ -60,7 +60,7 @@ HOSTED_TOOLS = frozenset(
 class RoutingHints:
     """What a client says about where its request would be cheapest to serve (prompt cache
     affinity, end user). Kept apart from the chat body so it never reaches a prompt or a log;
-    routing does not use it yet."""
+    routing keys the conversation's replica on it (`fleet.affinity`)."""
 
     prompt_cache_key: str | None = None
     user: str | None = None
