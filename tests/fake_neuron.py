@@ -93,7 +93,10 @@ class FakeNeuron:
             return httpx.Response(200, json=[self._describe(i, m) for i, m in self.models.items()])
         if path == "/models/plan":
             size = self.sizes.get(model, self.default_mb)
-            return httpx.Response(200, json=self._plan(size))
+            held = self.models.get(model)
+            return httpx.Response(
+                200, json={"state": held.state if held else None, **self._plan(size)}
+            )
         if path == "/models/load":
             return await self._load(model)
         if path == "/models/unload":

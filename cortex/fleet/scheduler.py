@@ -35,6 +35,7 @@ from cortex.errors import (
 from cortex.fleet.eviction import Victim, defrag_due, evictable, idle_unloads
 from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.routing import (
+    RETRY_AFTER_S,
     AwaitLoad,
     ColdLoad,
     NeedsPlacement,
@@ -46,7 +47,7 @@ from cortex.fleet.routing import (
     place,
     route,
 )
-from cortex.fleet.state import READY, CatalogueEntry, NodeState
+from cortex.fleet.state import LOADING, READY, CatalogueEntry, NodeState
 from cortex.nodes.client import NeuronClient
 from cortex.nodes.poller import Poller
 
@@ -59,6 +60,14 @@ BLOCKED_RETRY_S = 0.25
 _PASSING_CONFLICTS = frozenset({"model_busy", "model_loading", "model_unloading"})
 # A neuron's 507 when the VRAM or RAM a plan counted on was taken before the load began.
 _SHRUNK = frozenset({"insufficient_vram", "insufficient_memory"})
+
+
+class _AlreadyPlaced(Exception):
+    """The model is loading or loaded on `node` already (another gateway placed it)."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__(node)
+        self.node = node
 
 
 @dataclass(frozen=True)
@@ -190,6 +199,16 @@ class Scheduler:
             assert isinstance(decision, NeedsPlacement)
             try:
                 return await self._cold_load(model_id, decision.candidates)
+            except _AlreadyPlaced as placed:
+                # Join that load: a fresh poll shows it, and routing waits for it or serves it.
+                if time.monotonic() >= patience:
+                    raise NoCapacity(
+                        f"{model_id!r} is being placed by another gateway; try again",
+                        retry_after=RETRY_AFTER_S,
+                    ) from None
+                self.on_event("single_flight_join", {"model": model_id, "node": placed.node})
+                with contextlib.suppress(CortexError):
+                    await self.poller.poll(placed.node)
             except NoCapacity:
                 if time.monotonic() >= patience:
                     raise
@@ -234,7 +253,11 @@ class Scheduler:
 
     async def _plans(
         self, entry: CatalogueEntry, candidates: tuple[str, ...]
-    ) -> dict[str, NodePlan]:
+    ) -> tuple[dict[str, NodePlan], str | None]:
+        """The candidates' plans, and a node that says it already holds or is loading the
+        model (another gateway's load), if any."""
+        holding: list[str] = []
+
         async def one(name: str) -> NodePlan | None:
             try:
                 answer = await self.clients[name].plan(entry.id, entry.source_or_id, entry.n_ctx)
@@ -243,6 +266,8 @@ class Scheduler:
                 if isinstance(exc, UpstreamError) and exc.status in (404, 422, 400, 403):
                     raise
                 return None
+            if isinstance(answer, dict) and answer.get("state") in (READY, LOADING):
+                holding.append(name)
             try:
                 return node_plan(self.registry.node(name), answer)
             except (KeyError, TypeError, ValueError):
@@ -250,13 +275,16 @@ class Scheduler:
                 return None
 
         results = await asyncio.gather(*(one(name) for name in candidates))
-        return {plan.node: plan for plan in results if plan is not None}
+        plans = {plan.node: plan for plan in results if plan is not None}
+        return plans, min(holding) if holding else None
 
     async def _cold_load(self, model_id: str, candidates: tuple[str, ...]) -> Target:
         entry = self.registry.snapshot().entry(model_id)
         if entry is None:
             raise ModelNotFound(f"model {model_id!r} is not in the catalogue", param="model")
-        plans = await self._plans(entry, candidates)
+        plans, already = await self._plans(entry, candidates)
+        if already:
+            raise _AlreadyPlaced(already)
         if not plans:
             raise NoCapacity("no neuron could plan this model now", retry_after=10)
         decision = place(
@@ -272,6 +300,16 @@ class Scheduler:
         async with self._node_locks[decision.node]:
             for victim in decision.evict:
                 await self.evict(victim)
+            # Another gateway may have started this model elsewhere since the plans were
+            # fetched (evictions take seconds): look once more, right before loading.
+            await asyncio.gather(*(self.poller.poll(name) for name in candidates))
+            elsewhere = [
+                slot.node
+                for slot in self.registry.snapshot().slots(model_id)
+                if slot.state in (READY, LOADING) and slot.node in candidates
+            ]
+            if elsewhere:
+                raise _AlreadyPlaced(elsewhere[0])
             await self._load(entry, decision.node, decision)
         return Target(decision.node, model_id)
 

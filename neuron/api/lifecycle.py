@@ -128,10 +128,13 @@ async def plan(request: Request) -> HTTPResponse:
     body = require_object(request.json)
     model = _model_id(body)
     source = _string(body, "source") or model
-    placement = await _manager(request).placement(
-        source, _positive_int(body, "n_ctx", 16), _parallel(body)
-    )
-    return json({"model": model, **placement.describe()})
+    manager = _manager(request)
+    placement = await manager.placement(source, _positive_int(body, "n_ctx", 16), _parallel(body))
+    # What this neuron already does with that id (a load another gateway started, say), so a
+    # gateway about to place it elsewhere joins it instead.
+    resident = manager.models.get(model)
+    state = resident.state.value if resident is not None else None
+    return json({"model": model, "state": state, **placement.describe()})
 
 
 @bp.post("/models/load")

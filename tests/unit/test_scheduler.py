@@ -106,3 +106,44 @@ async def test_a_plan_answer_off_the_contract_is_skipped(pair: Fleet) -> None:
     with pytest.raises(NoCapacity):
         await pair.scheduler.wait_loaded(pair.scheduler.loading("b"), 10**9)
     assert pair.resident() == {"n1": [], "n2": []}
+
+
+async def test_two_gateways_place_each_model_once_under_concurrent_cold_requests() -> None:
+    neurons = [FakeNeuron("n1", vram_mb=1_000.0), FakeNeuron("n2", vram_mb=1_000.0)]
+    for neuron in neurons:
+        neuron.load_s = 0.1
+    models = [CatalogueEntry(m) for m in ("a", "b", "c")]
+    gateways = [await Fleet.start(neurons, models) for _ in range(2)]
+    try:
+        requests = [
+            gateways[i % 2].scheduler.wait_loaded(
+                gateways[i % 2].scheduler.loading("abc"[i % 3]), 10**9
+            )
+            for i in range(20)
+        ]
+        targets = await asyncio.gather(*requests)
+        replicas = {m: [n.name for n in neurons if m in n.models] for m in "abc"}
+        assert all(len(nodes) == 1 for nodes in replicas.values()), replicas
+        for target in targets:
+            assert replicas[target.model_id] == [target.node]
+    finally:
+        for gateway in gateways:
+            await gateway.close()
+
+
+async def test_a_gateway_joins_the_load_another_gateway_started() -> None:
+    neurons = [FakeNeuron("n1", vram_mb=1_000.0), FakeNeuron("n2", vram_mb=1_000.0)]
+    for neuron in neurons:
+        neuron.load_s = 0.2
+    first, second = [await Fleet.start(neurons, [CatalogueEntry("a")]) for _ in range(2)]
+    try:
+        started = first.scheduler.loading("a")
+        await asyncio.sleep(0.05)  # loading on one node, which now has less free VRAM
+        joined = await second.scheduler.wait_loaded(second.scheduler.loading("a"), 10**9)
+        placed = await first.scheduler.wait_loaded(started, 10**9)
+        assert joined.node == placed.node
+        assert [n.name for n in neurons if "a" in n.models] == [placed.node]
+        assert sum(n.loads("a") for n in neurons) == 1  # the second gateway sent no load
+    finally:
+        await first.close()
+        await second.close()
