@@ -59,7 +59,11 @@ class Poller:
 
     async def _run(self) -> None:
         while True:
-            await self.poll_all()
+            try:
+                await self.poll_all()
+            except Exception:
+                # A bug in reading one answer must not stop polling for the process's life.
+                log.exception("polling failed; trying again next interval")
             await asyncio.sleep(self.interval_s)
 
     async def poll_all(self) -> None:

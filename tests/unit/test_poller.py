@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -70,3 +71,23 @@ async def test_uptime_going_down_is_a_restart() -> None:
     assert node.up and node.models == ()
     assert neuron.discoveries == 2
     assert [e.kind for e in registry.events].count("node_restarted") == 1
+
+
+async def test_the_polling_loop_outlives_an_unexpected_error() -> None:
+    poller, _registry = poller_for(FakeNeuron())
+    poller.interval_s = 0.01
+    rounds: list[int] = []
+
+    async def flaky() -> None:
+        rounds.append(1)
+        if len(rounds) == 1:
+            raise RuntimeError("a bug while reading an answer")
+
+    poller.poll_all = flaky  # type: ignore[method-assign]
+    poller.start()
+    for _ in range(100):
+        if len(rounds) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    await poller.stop()
+    assert len(rounds) >= 3
