@@ -34,6 +34,8 @@ from tests.integration.fuzz_bodies import (
 )
 from tests.integration.stub_gateway import stub_gateway
 
+pytestmark = pytest.mark.slow  # a real gateway over a stub neuron
+
 EXAMPLES = 220  # per inference route: 1320 bodies
 CLIENT_TIMEOUT_S = 10.0
 FUZZ = settings(

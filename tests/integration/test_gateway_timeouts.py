@@ -21,6 +21,8 @@ import pytest
 from tests.conftest import CortexProcess
 from tests.integration.stub_gateway import StubNeuron, stub_gateway
 
+pytestmark = pytest.mark.slow  # real gateways over stub neurons
+
 IDLE_S = 0.5
 FIRST_BYTE_S = 1.0
 CHAT = {"model": "stub", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}

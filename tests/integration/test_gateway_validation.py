@@ -17,6 +17,8 @@ import pytest
 from tests.conftest import CortexProcess
 from tests.integration.stub_gateway import stub_gateway
 
+pytestmark = pytest.mark.slow  # real gateways over stub neurons
+
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 EMBEDDINGS = "/v1/embeddings"

@@ -27,6 +27,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+pytestmark = pytest.mark.slow  # rpmbuild and packaged processes
+
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]

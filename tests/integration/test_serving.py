@@ -19,6 +19,8 @@ import pytest
 
 from tests.conftest import free_port
 
+pytestmark = pytest.mark.slow  # real gateway processes
+
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 
@@ -77,7 +79,6 @@ def _wait_for(proc: subprocess.Popen[str], url: str) -> None:
             time.sleep(0.2)
 
 
-@pytest.mark.slow
 def test_the_gateway_stops_on_a_signal_right_after_its_first_answer(tmp_path: Path) -> None:
     """The race as the packaged gateway met it: SIGTERM as soon as /v1/models has answered."""
     config = (CONF / "cortex.example.toml").read_text()

@@ -52,6 +52,7 @@ def test_smollm2_catalogue_resolves_to_packaged_gguf(smol: Path) -> None:
     assert got.primary.read_bytes()[:4] == b"GGUF"
 
 
+@pytest.mark.slow  # assembles the 250 MB demo GGUF from its package parts
 def test_gemma_assembles_once_then_trusts_size(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -86,6 +87,7 @@ def test_gemma_assembles_once_then_trusts_size(
     assert resolve_source("gemma3-270m", model_dirs=[], hf_cache=None).primary == target
 
 
+@pytest.mark.slow  # assembles the 250 MB demo GGUF from its package parts
 def test_gemma_wrong_size_file_is_reassembled(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
