@@ -1,11 +1,13 @@
-"""What a gateway adds: the same requests direct to a stub upstream, through cortex, and through
-LiteLLM's proxy, side by side in one run.
+"""What a gateway adds: the same requests direct to a stub upstream, through cortex (once per
+upstream transport), and through LiteLLM's proxy, side by side in one run.
 
 Processes (all on loopback, started and stopped by this script):
 * `bench/stub_upstream.py` — a fast OpenAI-compatible stub that also answers the neuron contract,
   so that model time hides nothing;
 * `cortex serve --config` with one `[[neurons]]` = the stub, the stub's model in models.toml, no
-  metrics listener and a 60 s poll interval;
+  metrics listener and a 60 s poll interval: one gateway per `--transports` entry, each with that
+  `[gateway] upstream_transport` (paths `cortex-aiohttp`, `cortex-httpx`; `default` runs a path
+  `cortex` that sets none, e.g. for a `--cortex-src` revision that predates the key);
 * `litellm --config` (the `litellm[proxy]` package, installed by this script on first use into
   the git-ignored `bench/.litellm-venv`) with one model_list entry `openai/stub` whose api_base is
   the stub; no master key, no database, the bundled model cost map (nothing is fetched).
@@ -27,7 +29,7 @@ Phases, each after a warm-up:
 Each gateway's own CPU time per request over phase 1 (from /proc/PID/task/*/schedstat) is
 reported too. `--breakdown` adds two reference gateways to phases 1 and 3 to show where cortex's
 time goes: `sanic-fixed` (Sanic set up as cortex is, answering by itself) and `sanic-httpx` (the
-same plus the upstream call exactly as cortex makes it, without routing or metrics).
+same plus the upstream call exactly as `cortex-httpx` makes it, without routing or metrics).
 
 The machine may be shared: the script first waits (up to --load-wait-s) until the 1-minute load
 average is at most --max-load and at most --max-busy cores are in use, and it reports, per phase,
@@ -35,9 +37,10 @@ the cores that processes other than its own used meanwhile.
 
     python bench/gateway_overhead.py [--skip-litellm] [--breakdown] [--json out.json]
                                      [--cortex-src DIR] [--requests 2000]
+                                     [--transports aiohttp,httpx]
 
 Exit status is 0 whether or not the targets (cortex added p50 ≤ 1 ms, and ≤ 1/3 of LiteLLM's)
-are met; the verdict is printed as PASS/MISS.
+are met; the verdict is printed as PASS/MISS for each cortex path.
 """
 
 from __future__ import annotations
@@ -74,6 +77,13 @@ TARGET_ADDED_P50_MS = 1.0
 TARGET_FRACTION_OF_LITELLM = 1 / 3
 SMALL = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
 STREAM = {**SMALL, "stream": True, "stream_options": {"include_usage": True}}
+# `--transports` entries: cortex's `[gateway] upstream_transport` values, and "default" (no key).
+TRANSPORTS = ("aiohttp", "httpx", "default")
+
+
+def cortex_path(transport: str) -> str:
+    """The path (lane) name of the cortex gateway running `transport`."""
+    return "cortex" if transport == "default" else f"cortex-{transport}"
 
 
 # --------------------------------------------------------------------------- client
@@ -293,8 +303,8 @@ def reference_gateway(kind: str, port: int, upstream: int) -> None:
 
     sanic-fixed: a Sanic app set up as cortex's (single process, no access log) that parses the
     body and answers a fixed completion — the floor of any Sanic gateway. sanic-httpx: the same
-    plus the upstream call exactly as cortex makes it (one shared httpx.AsyncClient, same limits,
-    `send(stream=True)`, `aread`, `aclose`) but no routing, registry or dispatcher.
+    plus the upstream call exactly as cortex-httpx makes it (one shared httpx.AsyncClient, same
+    limits, `send(stream=True)`, `aread`, `aclose`) but no routing, registry or dispatcher.
     """
     from sanic import Request, Sanic
     from sanic.response import HTTPResponse, raw
@@ -464,12 +474,15 @@ def litellm_config(stub_port: int) -> str:
     )
 
 
-def cortex_config(workdir: Path, port: int, stub_port: int) -> Path:
+def cortex_config(workdir: Path, port: int, stub_port: int, transport: str) -> Path:
+    """A cortex.toml for one gateway in front of the stub; `transport` "default" sets none."""
     (workdir / "models.toml").write_text(f'[[models]]\nid = "{MODEL}"\n')
-    path = workdir / "cortex.toml"
+    path = workdir / f"{cortex_path(transport)}.toml"
+    chosen = "" if transport == "default" else f'upstream_transport = "{transport}"\n'
     path.write_text(
         'models_config = "models.toml"\n'
         f'[gateway]\nlisten = "127.0.0.1:{port}"\nmetrics_listen = ""\npoll_interval_s = 60\n'
+        f"{chosen}"
         f'[[neurons]]\nname = "stub"\nendpoint = "http://127.0.0.1:{stub_port}"\n'
     )
     return path
@@ -485,20 +498,22 @@ def servers(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Serve
         stub_argv += ["--model", MODEL, "--chunks", str(args.chunks)]
         stub_argv += ["--chunk-delay-ms", str(args.chunk_delay_ms)]
         started["direct"] = spawn("direct", stub_argv, workdir, stub_port, "/v1/chat/completions")
-        cortex_port = free_port()
-        config = cortex_config(workdir, cortex_port, stub_port)
-        cortex_argv = [py, "-m", "cortex.cli", "serve", "--config", str(config)]
-        cortex_argv += ["--log-level", "WARNING"]
         src = args.cortex_src.resolve()
-        started["cortex"] = spawn(
-            "cortex",
-            cortex_argv,
-            workdir,
-            cortex_port,
-            "/v1/chat/completions",
-            {"PYTHONPATH": str(src)},
-            cwd=src,
-        )
+        for transport in args.transports:
+            name = cortex_path(transport)
+            cortex_port = free_port()
+            config = cortex_config(workdir, cortex_port, stub_port, transport)
+            cortex_argv = [py, "-m", "cortex.cli", "serve", "--config", str(config)]
+            cortex_argv += ["--log-level", "WARNING"]
+            started[name] = spawn(
+                name,
+                cortex_argv,
+                workdir,
+                cortex_port,
+                "/v1/chat/completions",
+                {"PYTHONPATH": str(src)},
+                cwd=src,
+            )
         if not args.skip_litellm:
             binary = ensure_litellm(args.litellm_spec)
             ll_port = free_port()
@@ -514,7 +529,10 @@ def servers(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Serve
             port = free_port()
             argv = [py, __file__, "_reference", kind, str(port), str(stub_port)]
             started[kind] = spawn(kind, argv, workdir, port, "/v1/chat/completions")
-        wait_ready(started["cortex"], "/health", lambda r: r.json()["nodes_up"] == 1, 30)
+        for transport in args.transports:
+            wait_ready(
+                started[cortex_path(transport)], "/health", lambda r: r.json()["nodes_up"] == 1, 30
+            )
         for kind in REFERENCES if args.breakdown else ():
             wait_ready(started[kind], "/v1/chat/completions", lambda r: True, 30)
         if "litellm" in started:
@@ -683,19 +701,23 @@ async def run_phases(args: argparse.Namespace, started: dict[str, Server]) -> di
 # --------------------------------------------------------------------------- report
 
 
-def verdicts(result: dict[str, Any]) -> dict[str, Any]:
+def verdicts(result: dict[str, Any], cortex_paths: list[str]) -> dict[str, dict[str, Any]]:
+    """The targets, for each cortex path."""
     d = result["direct"]["latency_ms"]["p50"]
-    cortex_added = result["cortex"]["latency_ms"]["p50"] - d
-    out: dict[str, Any] = {
-        "cortex_added_p50_ms": cortex_added,
-        "added_p50_target_ms": TARGET_ADDED_P50_MS,
-        "added_p50_pass": cortex_added <= TARGET_ADDED_P50_MS,
-    }
-    if "litellm" in result:
-        litellm_added = result["litellm"]["latency_ms"]["p50"] - d
-        out["litellm_added_p50_ms"] = litellm_added
-        out["fraction_of_litellm"] = cortex_added / litellm_added if litellm_added > 0 else None
-        out["fraction_pass"] = cortex_added <= litellm_added * TARGET_FRACTION_OF_LITELLM
+    out: dict[str, dict[str, Any]] = {}
+    for name in cortex_paths:
+        cortex_added = result[name]["latency_ms"]["p50"] - d
+        v: dict[str, Any] = {
+            "cortex_added_p50_ms": cortex_added,
+            "added_p50_target_ms": TARGET_ADDED_P50_MS,
+            "added_p50_pass": cortex_added <= TARGET_ADDED_P50_MS,
+        }
+        if "litellm" in result:
+            litellm_added = result["litellm"]["latency_ms"]["p50"] - d
+            v["litellm_added_p50_ms"] = litellm_added
+            v["fraction_of_litellm"] = cortex_added / litellm_added if litellm_added > 0 else None
+            v["fraction_pass"] = cortex_added <= litellm_added * TARGET_FRACTION_OF_LITELLM
+        out[name] = v
     return out
 
 
@@ -747,21 +769,21 @@ def table(result: dict[str, Any], names: list[str]) -> str:
         ),
         row("errors (non-200 / broken)", lambda r: str(r["errors"] + r["throughput"]["errors"])),
     ]
-    v = result["verdicts"]
     lines.append("")
-    state = "PASS" if v["added_p50_pass"] else "MISS"
-    lines.append(
-        f"* target cortex added p50 ≤ {TARGET_ADDED_P50_MS:g} ms: "
-        f"{v['cortex_added_p50_ms']:.3f} ms — **{state}**"
-    )
-    if "fraction_pass" in v:
-        state = "PASS" if v["fraction_pass"] else "MISS"
-        frac = v["fraction_of_litellm"]
-        shown = f"{frac:.2f}" if frac is not None else "n/a"
+    for name, v in result["verdicts"].items():
+        state = "PASS" if v["added_p50_pass"] else "MISS"
         lines.append(
-            f"* target cortex added ≤ 1/3 of LiteLLM's ({v['litellm_added_p50_ms']:.3f} ms): "
-            f"ratio {shown} — **{state}**"
+            f"* target {name} added p50 ≤ {TARGET_ADDED_P50_MS:g} ms: "
+            f"{v['cortex_added_p50_ms']:.3f} ms — **{state}**"
         )
+        if "fraction_pass" in v:
+            state = "PASS" if v["fraction_pass"] else "MISS"
+            frac = v["fraction_of_litellm"]
+            shown = f"{frac:.2f}" if frac is not None else "n/a"
+            lines.append(
+                f"* target {name} added ≤ 1/3 of LiteLLM's ({v['litellm_added_p50_ms']:.3f} ms): "
+                f"ratio {shown} — **{state}**"
+            )
     return "\n".join(lines)
 
 
@@ -790,11 +812,18 @@ def main(argv: list[str] | None = None) -> int:
         help="directory holding the cortex package to measure (e.g. a `git worktree` of a "
         "revision); default: this checkout",
     )
+    parser.add_argument(
+        "--transports",
+        type=_transports,
+        default=["aiohttp", "httpx"],
+        help="comma-separated cortex upstream transports, one cortex path each: aiohttp, httpx, "
+        "or default (the revision's own default, no key written); default: aiohttp,httpx",
+    )
     parser.add_argument("--keep-logs", action="store_true", help="keep and print the log dir")
     parser.add_argument(
         "--breakdown",
         action="store_true",
-        help="also measure two reference gateways: bare Sanic, and Sanic + cortex's httpx call",
+        help="also measure two reference gateways: bare Sanic, and Sanic + cortex-httpx's call",
     )
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_reference"]:
@@ -809,7 +838,7 @@ def main(argv: list[str] | None = None) -> int:
         startup_s = time.monotonic() - t0
         result = uvloop.run(run_phases(args, started))
     names = list(started)
-    result["verdicts"] = verdicts(result)
+    result["verdicts"] = verdicts(result, [cortex_path(t) for t in args.transports])
     result["meta"] = {
         "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores",
         "python": platform.python_version(),
@@ -843,6 +872,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0
+
+
+def _transports(value: str) -> list[str]:
+    chosen = [t.strip() for t in value.split(",") if t.strip()]
+    unknown = sorted(set(chosen) - set(TRANSPORTS))
+    if unknown or not chosen or len(set(chosen)) != len(chosen):
+        raise argparse.ArgumentTypeError(f"a comma-separated list of distinct {TRANSPORTS}")
+    return chosen
 
 
 if __name__ == "__main__":

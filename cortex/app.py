@@ -1,9 +1,9 @@
 """Wiring of the gateway's Sanic app; no decisions are made here.
 
-One `httpx.AsyncClient` for the whole app (opened at start, closed at stop), one registry, one
-poller, one scheduler, one dispatcher. Errors render in the dialect of the route: Anthropic's
-envelope under /v1/messages, OpenAI's everywhere else; bodies over `max_body_mb` are refused by
-Sanic itself (413) before they are read.
+One HTTP client towards the neurons for the whole app (`nodes.transport.make_http_client`,
+opened at start, closed at stop), one registry, one poller, one scheduler, one dispatcher. Errors
+render in the dialect of the route: Anthropic's envelope under /v1/messages, OpenAI's everywhere
+else; bodies over `max_body_mb` are refused by Sanic itself (413) before they are read.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from collections.abc import Callable
 from ipaddress import ip_address
 from typing import Any
 
-import httpx
 from prometheus_client import start_http_server
 from sanic import Request, Sanic
 from sanic.exceptions import PayloadTooLarge, SanicException
@@ -31,6 +30,7 @@ from cortex.fleet.state import NodeState
 from cortex.metrics import GatewayMetrics, log_access
 from cortex.nodes.client import NeuronClient
 from cortex.nodes.poller import Poller
+from cortex.nodes.transport import Transport, make_http_client
 from synapse.tomlconf import parse_listen
 
 log = logging.getLogger("cortex")
@@ -39,7 +39,7 @@ log = logging.getLogger("cortex")
 def create_app(
     config: GatewayConfig,
     *,
-    transport: httpx.AsyncBaseTransport | None = None,
+    transport: Transport | None = None,
     clock: Callable[[], float] | None = None,
     name: str = "cortex",
 ) -> Sanic:
@@ -56,11 +56,7 @@ def create_app(
 
     @app.before_server_start
     async def start(app: Sanic) -> None:
-        http = httpx.AsyncClient(
-            transport=transport,
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
-            timeout=httpx.Timeout(30.0, connect=config.connect_timeout_s),
-        )
+        http = make_http_client(config, transport)
         clients = {n.name: NeuronClient(http, n) for n in config.neurons}
         registry = FleetRegistry(
             (NodeState(name=n.name, endpoint=n.endpoint) for n in config.neurons),

@@ -18,6 +18,9 @@ from cortex.fleet.state import CatalogueEntry, Offload
 from synapse.tomlconf import ConfigError, TomlTable, listen_address, non_negative, positive
 
 DEFAULT_CONFIG_PATH = Path("/etc/cortex/cortex.toml")
+# The HTTP transports the gateway can talk to neurons over (`[gateway] upstream_transport`; see
+# cortex/nodes/transport.py): both under httpx's client API.
+UPSTREAM_TRANSPORTS = ("aiohttp", "httpx")
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,9 @@ class GatewayConfig:
     """Everything the gateway runs with, read from cortex.toml and models.toml (or `local_config`).
 
     Durations are seconds and `max_body_mb` is MiB; 0 turns `idle_unload_after_s` and
-    `defrag_after_cycles` off, and `metrics_listen` None serves no metrics port. Pins are written
-    back to `models_path` when that file exists; otherwise they last until the gateway stops.
+    `defrag_after_cycles` off, and `metrics_listen` None serves no metrics port.
+    `upstream_transport` is one of `UPSTREAM_TRANSPORTS`. Pins are written back to `models_path`
+    when that file exists; otherwise they last until the gateway stops.
     """
 
     listen: str = "0.0.0.0:31313"
@@ -48,6 +52,7 @@ class GatewayConfig:
     poll_interval_s: float = 2.0
     down_after_misses: int = 3
     connect_timeout_s: float = 3.0
+    upstream_transport: str = "aiohttp"
     max_body_mb: float = 8.0
     first_byte_timeout_s: float = 600.0
     idle_timeout_s: float = 120.0
@@ -79,6 +84,7 @@ def load_config(path: Path) -> GatewayConfig:
         poll_interval_s=gateway.get("poll_interval_s", float, 2.0, positive),
         down_after_misses=gateway.get("down_after_misses", int, 3, positive),
         connect_timeout_s=gateway.get("connect_timeout_s", float, 3.0, positive),
+        upstream_transport=gateway.get("upstream_transport", str, "aiohttp", _transport),
         max_body_mb=gateway.get("max_body_mb", float, 8.0, positive),
         first_byte_timeout_s=gateway.get("first_byte_timeout_s", float, 600.0, positive),
         idle_timeout_s=gateway.get("idle_timeout_s", float, 120.0, positive),
@@ -214,6 +220,10 @@ def _share(value: float) -> str | None:
 
 def _strategy(value: str) -> str | None:
     return None if value in {s.value for s in Strategy} else "must be 'lru' or 'priority'"
+
+
+def _transport(value: str) -> str | None:
+    return None if value in UPSTREAM_TRANSPORTS else "must be 'aiohttp' or 'httpx'"
 
 
 def _http_url(value: str) -> str | None:

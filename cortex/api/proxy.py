@@ -36,8 +36,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from cortex.config import GatewayConfig
 from cortex.dialects.openai import with_model_defaults
 from cortex.errors import (
@@ -52,6 +50,7 @@ from cortex.fleet.routing import RETRY_AFTER_S
 from cortex.fleet.scheduler import Scheduler, Target
 from cortex.nodes.client import NeuronClient
 from cortex.nodes.poller import Poller
+from cortex.nodes.transport import TransportError, UpstreamResponse
 
 _JSON = {"Content-Type": "application/json"}
 
@@ -65,7 +64,7 @@ class Exchange:
     """
 
     target: Target
-    response: httpx.Response
+    response: UpstreamResponse
     registry: FleetRegistry
     first_byte_deadline: float
     idle_timeout_s: float
@@ -89,7 +88,7 @@ class Exchange:
             except TimeoutError:
                 self.broken(node, "timed out")
                 raise UpstreamTimeout(f"neuron {node} {silence}") from None
-            except httpx.TransportError as exc:
+            except TransportError as exc:
                 self.broken(node, type(exc).__name__)
                 raise NodeUnavailable(f"neuron {node} broke off mid-answer") from exc
             deadline = loop.time() + self.idle_timeout_s
