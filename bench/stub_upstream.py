@@ -96,7 +96,7 @@ class Stub:
                 "usage": {"prompt_tokens": 8, "total_tokens": 8},
             }
         )
-        self.tokenized = _dumps({"count": 8})
+        self.tokenized = _dumps({"model": model, "count": 8})
         usage = {"prompt_tokens": 8, "completion_tokens": chunks, "total_tokens": 8 + chunks}
         self.streams = {
             b"/v1/chat/completions": _stream_events(

@@ -163,6 +163,13 @@ class NodeUnavailable(CortexError):
     code = "node_unavailable"
 
 
+class OffContract(NodeUnavailable):
+    """A neuron answered something the neuron ⇄ cortex contract does not allow (not JSON, or a
+    field missing or of the wrong type): treated as a node that cannot be reached (503)."""
+
+    code = "neuron_off_contract"
+
+
 class LoadTimeout(CortexError):
     """A request waited longer than `cold_load_timeout_s` for its model's cold load (504, with a
     Retry-After). Only the wait ends: the load itself goes on for the other waiters."""

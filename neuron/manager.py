@@ -41,6 +41,8 @@ from neuron.gpu import GpuProbe
 from neuron.metrics import NeuronMetrics
 from neuron.offload import MemoryEstimate, OffloadPlan, estimate_memory, plan_offload
 from neuron.sources import ResolvedSource, resolve_source
+from synapse.contract import MemoryEstimate as ContractEstimate
+from synapse.contract import ModelHealth, ModelInfo, PlanAnswer, Split, to_json
 
 log = logging.getLogger("neuron.manager")
 
@@ -74,21 +76,25 @@ class Placement:
     host_total_mb: float | None = None  # system RAM (MemTotal), None when unknown
     host_available_mb: float | None = None  # MemAvailable when planned
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "available_mb": round(self.available_mb),
-            "capacity_mb": round(self.capacity_mb),
-            "host_total_mb": _rounded(self.host_total_mb),
-            "host_available_mb": _rounded(self.host_available_mb),
-            "parallel": self.parallel,
-            "kv_cells": self.n_ctx * self.parallel,
-            "resolved": str(self.source.primary),
-            "file_bytes": self.geometry.file_bytes,
-            "n_layers": self.geometry.n_layers,
-            "n_ctx": self.n_ctx,
-            "estimate": self.estimate.as_dict(),
-            "plan": self.plan.as_dict(),
-        }
+    def answer(self, model: str, state: str | None = None) -> PlanAnswer:
+        """The contract's `/models/plan` answer for serving it as `model` (whose state on this
+        neuron is `state`)."""
+        return PlanAnswer(
+            model=model,
+            state=state,
+            estimate=_estimate(self.estimate),
+            plan=_split(self.plan),
+            available_mb=round(self.available_mb),
+            capacity_mb=round(self.capacity_mb),
+            host_total_mb=_rounded(self.host_total_mb),
+            host_available_mb=_rounded(self.host_available_mb),
+            parallel=self.parallel,
+            kv_cells=self.n_ctx * self.parallel,
+            resolved=str(self.source.primary),
+            file_bytes=self.geometry.file_bytes,
+            n_layers=self.geometry.n_layers,
+            n_ctx=self.n_ctx,
+        )
 
 
 @dataclass
@@ -111,53 +117,67 @@ class Resident:
     )
     unloaded: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> ModelInfo:
+        """The contract's `/models` entry for this id."""
         placement = self.placement
         plan = placement.plan if placement else None
         estimate = placement.estimate if placement else None
-        body: dict[str, Any] = {
-            "id": self.spec.id,
-            "state": self.state.value,
-            "source": self.spec.source_or_id,
-            "path": str(placement.source.primary) if placement else None,
-            "n_gpu_layers": plan.n_gpu_layers if plan else None,
-            "n_layers": placement.geometry.n_layers if placement else None,
-            "n_ctx": placement.n_ctx if placement else self.spec.n_ctx,
-            "vram_used_mb": round(sum(plan.device_mb.values())) if plan else 0,
-            "ram_used_mb": round(_host_share(estimate, plan)),
-            "loaded_at": self.loaded_at,
-            "load_duration_s": self.load_duration_s,
-            "capabilities": list(self.capabilities),
-            "embedding": self.spec.embedding,
-        }
-        if placement:
-            body["estimate"] = placement.estimate.as_dict()
-        if self.error:
-            body["error"] = self.error
-        return body
+        return ModelInfo(
+            id=self.spec.id,
+            state=self.state.value,
+            source=self.spec.source_or_id,
+            path=str(placement.source.primary) if placement else None,
+            n_gpu_layers=plan.n_gpu_layers if plan else None,
+            n_layers=placement.geometry.n_layers if placement else None,
+            n_ctx=placement.n_ctx if placement else self.spec.n_ctx,
+            vram_used_mb=round(sum(plan.device_mb.values())) if plan else 0,
+            ram_used_mb=round(_host_share(estimate, plan)),
+            loaded_at=self.loaded_at,
+            load_duration_s=self.load_duration_s,
+            capabilities=self.capabilities,
+            embedding=self.spec.embedding,
+            estimate=_estimate(estimate) if estimate else None,
+            error=self.error,
+        )
 
-    def health(self) -> dict[str, Any]:
-        body = {
-            "id": self.spec.id,
-            "state": self.state.value,
-            "in_flight": self.gate.in_flight,
-            "queue_depth": self.gate.waiting,
-            "max_in_flight": self.gate.limits.max_in_flight,
-            "max_queue_depth": self.gate.limits.max_queue_depth,
-            "rejected": self.gate.rejected,
-            "last_used_at": self.last_used_at,
-            "tok_s_decode": self.tok_s_decode,
-        }
-        if self.engine is not None and self.state is ModelState.READY:
-            stats = self.engine.stats()
-            body.update(
-                slots_busy=stats.slots_busy,
-                slots_total=stats.slots_total,
-                kv_cells_used=stats.kv_cells_used,
-                kv_cells_total=stats.kv_cells_total,
-                cache_sequences=stats.cache_sequences,
-            )
-        return body
+    def health(self) -> ModelHealth:
+        """The contract's `/health` entry for this id: admission and engine figures."""
+        limits = self.gate.limits
+        live = (
+            self.engine.stats()
+            if self.engine is not None and self.state is ModelState.READY
+            else None
+        )
+        return ModelHealth(
+            id=self.spec.id,
+            state=self.state.value,
+            in_flight=self.gate.in_flight,
+            queue_depth=self.gate.waiting,
+            max_in_flight=limits.max_in_flight or 1,
+            max_queue_depth=limits.max_queue_depth,
+            rejected=self.gate.rejected,
+            last_used_at=self.last_used_at,
+            tok_s_decode=self.tok_s_decode,
+            slots_busy=live.slots_busy if live else None,
+            slots_total=live.slots_total if live else None,
+            kv_cells_used=live.kv_cells_used if live else None,
+            kv_cells_total=live.kv_cells_total if live else None,
+            cache_sequences=live.cache_sequences if live else None,
+        )
+
+
+def _estimate(estimate: MemoryEstimate) -> ContractEstimate:
+    return ContractEstimate(**estimate.as_dict())
+
+
+def _split(plan: OffloadPlan) -> Split:
+    figures = plan.as_dict()
+    return Split(
+        n_gpu_layers=plan.n_gpu_layers,
+        fits_fully=plan.fits_fully,
+        tensor_split=plan.tensor_split,
+        device_mb=figures["device_mb"],  # type: ignore[arg-type]
+    )
 
 
 def _host_share(estimate: MemoryEstimate | None, plan: OffloadPlan | None) -> float:
@@ -307,14 +327,14 @@ class ModelManager:
             raise InsufficientVram(
                 f"only {plan.n_gpu_layers}/{all_layers} layers fit in free VRAM now, "
                 f"{min(spec.min_gpu_layers, all_layers)} required",
-                extra={"plan": placement.describe()},
+                extra={"plan": to_json(placement.answer(spec.id))},
             )
         available = placement.host_available_mb
         host_need = _host_share(placement.estimate, plan)
         if available is not None and host_need > available:
             raise InsufficientMemory(
                 f"model needs {host_need:.0f} MiB of host memory, {available:.0f} MiB available",
-                extra={"plan": placement.describe()},
+                extra={"plan": to_json(placement.answer(spec.id))},
             )
         resident.placement = replace(placement, plan=plan)
         self.probe.reserve(spec.id, plan.device_mb)
@@ -441,8 +461,8 @@ class ModelManager:
             with contextlib.suppress(NeuronError):
                 await self.unload(model_id, force=True)
 
-    def health(self) -> list[dict[str, Any]]:
-        return [resident.health() for resident in self.models.values()]
+    def health(self) -> tuple[ModelHealth, ...]:
+        return tuple(resident.health() for resident in self.models.values())
 
 
 def _capabilities(spec: ModelSpec, geometry: ModelGeometry) -> tuple[str, ...]:

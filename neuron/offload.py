@@ -48,7 +48,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-from neuron.gguf_meta import ModelGeometry
+from neuron.geometry import ModelGeometry
 
 __all__ = ["MemoryEstimate", "OffloadPlan", "estimate_memory", "plan_offload"]
 

@@ -94,9 +94,8 @@ class FakeNeuron:
         if path == "/models/plan":
             size = self.sizes.get(model, self.default_mb)
             held = self.models.get(model)
-            return httpx.Response(
-                200, json={"state": held.state if held else None, **self._plan(size)}
-            )
+            answer = {"model": model, "state": held.state if held else None, **self._plan(size)}
+            return httpx.Response(200, json=answer)
         if path == "/models/load":
             return await self._load(model)
         if path == "/models/unload":

@@ -50,6 +50,7 @@ from cortex.fleet.routing import (
 from cortex.fleet.state import LOADING, READY, CatalogueEntry, NodeState
 from cortex.nodes.client import NeuronClient
 from cortex.nodes.poller import Poller
+from synapse.contract import PlanAnswer
 
 log = logging.getLogger("cortex.scheduler")
 
@@ -266,13 +267,9 @@ class Scheduler:
                 if isinstance(exc, UpstreamError) and exc.status in (404, 422, 400, 403):
                     raise
                 return None
-            if isinstance(answer, dict) and answer.get("state") in (READY, LOADING):
+            if answer.state in (READY, LOADING):
                 holding.append(name)
-            try:
-                return node_plan(self.registry.node(name), answer)
-            except (KeyError, TypeError, ValueError):
-                log.warning("plan for %s on %s: malformed answer", entry.id, name)
-                return None
+            return node_plan(self.registry.node(name), answer)
 
         results = await asyncio.gather(*(one(name) for name in candidates))
         plans = {plan.node: plan for plan in results if plan is not None}
@@ -515,27 +512,21 @@ class Scheduler:
             self.registry.update_node(name, evictions_since_defrag=0)
 
 
-def node_plan(node: NodeState, answer: dict[str, Any]) -> NodePlan:
-    """A neuron's `/models/plan` answer condensed for `routing.place`; raises KeyError,
-    TypeError or ValueError when the answer does not follow the contract."""
-    estimate, split = answer["estimate"], answer["plan"]
-    n_layers = answer.get("n_layers")
-
-    def mb(value: Any) -> float | None:
-        return None if value is None else float(value)
-
+def node_plan(node: NodeState, answer: PlanAnswer) -> NodePlan:
+    """A neuron's `/models/plan` answer condensed for `routing.place`."""
+    estimate, split = answer.estimate, answer.plan
     return NodePlan(
         node=node.name,
-        full_offload_mb=float(estimate["full_offload_mb"]),
-        available_mb=float(answer.get("available_mb", node.vram_free_mb)),
-        fits_fully=bool(split["fits_fully"]),
+        full_offload_mb=estimate.full_offload_mb,
+        available_mb=answer.available_mb,
+        fits_fully=split.fits_fully,
         has_gpus=bool(node.gpus),
-        capacity_mb=mb(answer.get("capacity_mb")),
-        n_layers=int(n_layers) if n_layers is not None else None,
-        gpu_layers=int(split["n_gpu_layers"]) if split.get("n_gpu_layers") is not None else None,
-        fixed_gpu_mb=float(estimate.get("output_mb", 0)) + float(estimate.get("compute_mb", 0)),
-        per_layer_mb=float(estimate.get("per_layer_mb", 0)),
-        host_mb=mb(estimate.get("host_mb")),
-        host_total_mb=mb(answer.get("host_total_mb")),
-        host_available_mb=mb(answer.get("host_available_mb")),
+        capacity_mb=answer.capacity_mb,
+        n_layers=answer.n_layers,
+        gpu_layers=split.n_gpu_layers,
+        fixed_gpu_mb=estimate.output_mb + estimate.compute_mb,
+        per_layer_mb=estimate.per_layer_mb,
+        host_mb=estimate.host_mb,
+        host_total_mb=answer.host_total_mb,
+        host_available_mb=answer.host_available_mb,
     )

@@ -1,8 +1,11 @@
 """`NeuronClient`: the gateway's only way to talk to a neuron.
 
-All clients share the app's single `httpx.AsyncClient` (one connection pool, opened at server
-start, closed at stop). Transport failures (refused, reset, timeouts) become `NodeUnavailable`;
-neuron error answers become `UpstreamError` with the neuron's status, envelope and Retry-After.
+All clients share the app's single `httpx.AsyncClient` (`transport.make_http_client`: one
+connection pool, opened at server start, closed at stop). Transport failures (refused, reset,
+timeouts) become `NodeUnavailable`; neuron error answers become `UpstreamError` with the
+neuron's status, envelope and Retry-After. Every lifecycle answer is parsed into its
+`synapse.contract` type; one that is off the contract (not JSON, or JSON of the wrong shape) is
+`OffContract`, a `NodeUnavailable`, so the node leaves routing like one that cannot be reached.
 Every call — lifecycle, admin and inference alike — carries the neuron's bearer token when one
 is configured.
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -20,9 +23,22 @@ from cortex.errors import (
     Conflict,
     ModelNotFound,
     NodeUnavailable,
+    OffContract,
     UpstreamError,
     UpstreamTimeout,
 )
+from synapse.contract import (
+    ContractError,
+    Discovery,
+    Health,
+    ModelInfo,
+    PlanAnswer,
+    TokenCount,
+    Unloaded,
+    parse,
+)
+
+T = TypeVar("T")
 
 # Reads of lifecycle routes are quick; loads may take as long as the gateway lets a cold load run.
 QUICK_READ_S = 10.0
@@ -31,8 +47,9 @@ QUICK_READ_S = 10.0
 class NeuronClient:
     """One neuron's HTTP API.
 
-    Raises only `NodeUnavailable`, `UpstreamTimeout`, `UpstreamError`, and from the model
-    management calls `Conflict` (any 409) and `ModelNotFound` (unloading what is gone).
+    Raises only `NodeUnavailable` (`OffContract` among them), `UpstreamTimeout`,
+    `UpstreamError`, and from the model management calls `Conflict` (any 409) and
+    `ModelNotFound` (unloading what is gone).
     """
 
     def __init__(self, http: httpx.AsyncClient, endpoint: NeuronEndpoint) -> None:
@@ -64,23 +81,30 @@ class NeuronClient:
         try:
             return response.json()
         except ValueError as exc:  # not JSON, or not even UTF-8
-            raise NodeUnavailable(f"neuron {self.name} sent a non-JSON answer") from exc
+            raise OffContract(f"neuron {self.name} sent a non-JSON answer") from exc
 
     def _timeout(self, read_s: float | None) -> httpx.Timeout:
         # The app's client carries `[gateway] connect_timeout_s`; each call sets its own read.
         return httpx.Timeout(read_s, connect=self.http.timeout.connect)
 
-    async def discovery(self) -> dict[str, Any]:
-        return await self._request("GET", "/discovery")
+    def _parsed(self, kind: type[T], answer: Any, route: str) -> T:
+        try:
+            return parse(kind, answer, route)
+        except ContractError as exc:
+            raise OffContract(f"neuron {self.name} answered off the contract: {exc}") from exc
 
-    async def health(self) -> dict[str, Any]:
-        return await self._request("GET", "/health")
+    async def discovery(self) -> Discovery:
+        return self._parsed(Discovery, await self._request("GET", "/discovery"), "/discovery")
 
-    async def models(self) -> list[dict[str, Any]]:
-        return await self._request("GET", "/models")
+    async def health(self) -> Health:
+        return self._parsed(Health, await self._request("GET", "/health"), "/health")
 
-    async def plan(self, model: str, source: str | None, n_ctx: int | None) -> dict[str, Any]:
-        return await self._request("POST", "/models/plan", _load_body(model, source, n_ctx))
+    async def models(self) -> tuple[ModelInfo, ...]:
+        return self._parsed(tuple[ModelInfo, ...], await self._request("GET", "/models"), "/models")
+
+    async def plan(self, model: str, source: str | None, n_ctx: int | None) -> PlanAnswer:
+        answer = await self._request("POST", "/models/plan", _load_body(model, source, n_ctx))
+        return self._parsed(PlanAnswer, answer, "/models/plan")
 
     async def load(
         self,
@@ -91,7 +115,7 @@ class NeuronClient:
         embedding: bool = False,
         min_gpu_layers: int | None = None,
         timeout_s: float,
-    ) -> dict[str, Any]:
+    ) -> ModelInfo:
         """Load `model` from `source`; with `min_gpu_layers` the neuron refuses (507
         `insufficient_vram`) when fewer layers fit its free VRAM at that moment."""
         body = _load_body(model, source, n_ctx)
@@ -99,23 +123,26 @@ class NeuronClient:
             body["embedding"] = True
         if min_gpu_layers is not None:
             body["min_gpu_layers"] = min_gpu_layers
-        return await self._request("POST", "/models/load", body, timeout_s)
+        answer = await self._request("POST", "/models/load", body, timeout_s)
+        return self._parsed(ModelInfo, answer, "/models/load")
 
-    async def unload(self, model: str, *, force: bool = False) -> dict[str, Any]:
+    async def unload(self, model: str, *, force: bool = False) -> Unloaded:
         """Unload `model`; `ModelNotFound` when the neuron no longer holds it."""
         try:
-            return await self._request(
+            answer = await self._request(
                 "POST", "/models/unload", {"model": model, "force": force}, 120
             )
         except UpstreamError as exc:
             if exc.status == 404 and exc.code == "model_not_found":
                 raise ModelNotFound(exc.message, param="model") from exc
             raise
+        return self._parsed(Unloaded, answer, "/models/unload")
 
     async def tokenize(self, body: dict[str, Any], *, read_s: float = QUICK_READ_S) -> int:
         """Token count by the model's own tokenizer (`messages`/`tools` or `prompt`); the body
         goes as given (with `source`, the neuron counts on that GGUF's vocabulary alone)."""
-        return int((await self._request("POST", "/tokenize", body, read_s))["count"])
+        answer = await self._request("POST", "/tokenize", body, read_s)
+        return self._parsed(TokenCount, answer, "/tokenize").count
 
     async def open_stream(
         self, path: str, body: bytes, headers: dict[str, str], first_byte_deadline: float

@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from cortex.errors import CortexError
 from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.state import GpuState, ModelSlot, NodeState
 from cortex.nodes.client import NeuronClient
+from synapse.contract import Discovery, Health, ModelInfo
 
 log = logging.getLogger("cortex.poller")
 
@@ -43,7 +43,7 @@ class Poller:
         self.clients = clients
         self.interval_s = interval_s
         self.down_after_misses = down_after_misses
-        self._discovery: dict[str, dict[str, Any]] = {}
+        self._discovery: dict[str, Discovery] = {}
         self._uptime: dict[str, float] = {}
         self._locks = {name: asyncio.Lock() for name in clients}
         self._task: asyncio.Task[None] | None = None
@@ -79,7 +79,7 @@ class Poller:
                 # Read again: an admin cordon may have landed while the neuron answered, and
                 # the fresh state carries the gateway's own fields over from this one.
                 node = self.registry.node(name)
-                uptime = float(health.get("uptime_s", 0))
+                uptime = health.uptime_s
                 restarted = uptime < self._uptime.get(name, 0)
                 if name not in self._discovery or restarted or not node.up:
                     self._discovery[name] = await client.discovery()
@@ -87,11 +87,8 @@ class Poller:
                 fresh = _node_state(
                     node, self._discovery[name], health, models, self.registry.clock()
                 )
-            except CortexError as exc:
+            except CortexError as exc:  # unreachable, an error status, or off the contract
                 return self._missed(node, exc.message)
-            except (AttributeError, KeyError, TypeError, ValueError) as exc:
-                # An answer that does not follow the contract counts as a missed poll.
-                return self._missed(node, f"malformed answer ({type(exc).__name__})")
             if restarted and node.up:
                 self.registry.record("node_restarted", f"{name} restarted", node=name)
                 log.warning("neuron %s restarted (its uptime went down)", name)
@@ -122,57 +119,58 @@ class Poller:
 
 def _node_state(
     previous: NodeState,
-    discovery: dict[str, Any],
-    health: dict[str, Any],
-    models: list[dict[str, Any]],
+    discovery: Discovery,
+    health: Health,
+    models: tuple[ModelInfo, ...],
     now: float,
 ) -> NodeState:
-    names = {d["index"]: d.get("name", f"GPU {d['index']}") for d in discovery.get("devices", [])}
+    """The gateway's picture of a node from its contract answers; the gateway's own fields
+    (cordon, eviction count) carry over from `previous`."""
+    names = {d.index: d.name for d in discovery.devices}
     gpus = tuple(
         GpuState(
-            index=d["index"],
-            name=names.get(d["index"], f"GPU {d['index']}"),
-            vram_total_mb=d.get("vram_total_mb") or d["vram_used_mb"] + d["vram_free_mb"],
-            vram_free_mb=d["vram_free_mb"],
-            utilization_pct=d.get("utilization_pct"),
-            temp_c=d.get("temp_c"),
+            index=d.index,
+            name=names.get(d.index, f"GPU {d.index}"),
+            vram_total_mb=d.vram_total_mb or d.vram_used_mb + d.vram_free_mb,
+            vram_free_mb=d.vram_free_mb,
+            utilization_pct=d.utilization_pct,
+            temp_c=d.temp_c,
         )
-        for d in health.get("devices", [])
+        for d in health.devices
     )
-    live = {m["id"]: m for m in health.get("models", [])}
+    live = {m.id: m for m in health.models}
     slots = []
     for model in models:
-        stats = live.get(model["id"], {})
-        estimate = model.get("estimate") or {}
-        error = model.get("error")
+        stats = live.get(model.id)
+        error = model.error.get("message") if model.error else None
         slots.append(
             ModelSlot(
-                model_id=model["id"],
+                model_id=model.id,
                 node=previous.name,
-                state=model["state"],
-                in_flight=stats.get("in_flight", 0),
-                queue_depth=stats.get("queue_depth", 0),
-                max_in_flight=stats.get("max_in_flight", 1),
-                max_queue_depth=stats.get("max_queue_depth", 0),
-                last_used_at=stats.get("last_used_at"),
-                loaded_at=model.get("loaded_at"),
-                vram_used_mb=model.get("vram_used_mb") or 0.0,
-                ram_used_mb=model.get("ram_used_mb") or 0.0,
-                estimate_mb=estimate.get("full_offload_mb"),
-                n_gpu_layers=model.get("n_gpu_layers"),
-                n_layers=model.get("n_layers"),
-                tok_s_decode=stats.get("tok_s_decode"),
-                error=error.get("message") if isinstance(error, dict) else None,
+                state=model.state,
+                in_flight=stats.in_flight if stats else 0,
+                queue_depth=stats.queue_depth if stats else 0,
+                max_in_flight=stats.max_in_flight if stats else 1,
+                max_queue_depth=stats.max_queue_depth if stats else 0,
+                last_used_at=stats.last_used_at if stats else None,
+                loaded_at=model.loaded_at,
+                vram_used_mb=model.vram_used_mb,
+                ram_used_mb=model.ram_used_mb,
+                estimate_mb=model.estimate.full_offload_mb if model.estimate else None,
+                n_gpu_layers=model.n_gpu_layers,
+                n_layers=model.n_layers,
+                tok_s_decode=stats.tok_s_decode if stats else None,
+                error=error if isinstance(error, str) else None,
             )
         )
     return NodeState(
         name=previous.name,
         endpoint=previous.endpoint,
         up=True,
-        draining=bool(health.get("draining")),
+        draining=health.draining,
         cordoned=previous.cordoned,
-        hostname=discovery.get("hostname"),
-        backend=discovery.get("backend"),
+        hostname=discovery.hostname,
+        backend=discovery.backend,
         gpus=gpus,
         models=tuple(slots),
         last_seen=now,

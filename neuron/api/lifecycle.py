@@ -1,5 +1,8 @@
 """Lifecycle routes: /discovery, /health, /models, /models/plan, /models/load, /models/unload.
 
+Every answer is a value of the neuron ⇄ cortex contract (`synapse.contract`), rendered with
+`to_json`; the gateway parses it with the same types.
+
 `/models/load` and `/models/unload` need `Authorization: Bearer <token>` when the neuron has a
 token; the read-only routes are open so that a gateway and operators can always look.
 """
@@ -19,6 +22,14 @@ from neuron.api.schema import require_object
 from neuron.config import MAX_PARALLEL, ModelSpec
 from neuron.errors import InvalidRequest
 from neuron.manager import ModelManager
+from synapse.contract import (
+    DeviceInfo,
+    DeviceStatus,
+    Discovery,
+    Health,
+    Unloaded,
+    to_json,
+)
 
 bp = Blueprint("lifecycle")
 
@@ -68,58 +79,51 @@ def _parallel(body: dict[str, Any]) -> int | None:
 @bp.get("/discovery")
 async def discovery(request: Request) -> HTTPResponse:
     probe = request.app.ctx.probe
-    body: dict[str, Any] = {
-        "hostname": socket.gethostname(),
-        "version": __version__,
-        "devices": [
-            {
-                "index": device.index,
-                "name": device.name,
-                "vram_total_mb": device.vram_total_mb,
-                "compute_capability": device.compute_capability,
-            }
-            for device in probe.devices()
-        ],
-        "backend": "cuda" if request.app.ctx.gpu_offload else "cpu",
-        "gpu_probe": probe.kind,
-        "driver_version": probe.driver_version,
-        "cuda_version": probe.cuda_version,
-    }
-    if not request.app.ctx.gpu_offload:
-        body["cuda_unavailable_reason"] = (
-            probe.backend_reason or "llama-cpp-python was built without GPU offload"
-        )
-    return json(body)
+    offload = request.app.ctx.gpu_offload
+    answer = Discovery(
+        hostname=socket.gethostname(),
+        version=__version__,
+        devices=tuple(
+            DeviceInfo(d.index, d.name, d.vram_total_mb, d.compute_capability)
+            for d in probe.devices()
+        ),
+        backend="cuda" if offload else "cpu",
+        gpu_probe=probe.kind,
+        driver_version=probe.driver_version,
+        cuda_version=probe.cuda_version,
+        cuda_unavailable_reason=None
+        if offload
+        else probe.backend_reason or "llama-cpp-python was built without GPU offload",
+    )
+    return json(to_json(answer))
 
 
 @bp.get("/health")
 async def health(request: Request) -> HTTPResponse:
     manager = _manager(request)
-    devices = [
-        {
-            "index": status.index,
-            "vram_total_mb": status.vram_total_mb,
-            "vram_used_mb": status.vram_used_mb,
-            "vram_free_mb": status.vram_free_mb,
-            "utilization_pct": status.utilization_pct,
-            "temp_c": status.temp_c,
-        }
-        for status in request.app.ctx.probe.status()
-    ]
-    return json(
-        {
-            "status": "draining" if manager.draining else "ok",
-            "uptime_s": round(time.time() - manager.started_at, 1),
-            "draining": manager.draining,
-            "devices": devices,
-            "models": manager.health(),
-        }
+    answer = Health(
+        status="draining" if manager.draining else "ok",
+        uptime_s=round(time.time() - manager.started_at, 1),
+        draining=manager.draining,
+        devices=tuple(
+            DeviceStatus(
+                s.index,
+                s.vram_total_mb,
+                s.vram_used_mb,
+                s.vram_free_mb,
+                s.utilization_pct,
+                s.temp_c,
+            )
+            for s in request.app.ctx.probe.status()
+        ),
+        models=manager.health(),
     )
+    return json(to_json(answer))
 
 
 @bp.get("/models")
 async def models(request: Request) -> HTTPResponse:
-    return json([resident.describe() for resident in _manager(request).models.values()])
+    return json([to_json(resident.describe()) for resident in _manager(request).models.values()])
 
 
 @bp.post("/models/plan")
@@ -134,7 +138,7 @@ async def plan(request: Request) -> HTTPResponse:
     # gateway about to place it elsewhere joins it instead.
     resident = manager.models.get(model)
     state = resident.state.value if resident is not None else None
-    return json({"model": model, "state": state, **placement.describe()})
+    return json(to_json(placement.answer(model, state)))
 
 
 @bp.post("/models/load")
@@ -169,7 +173,8 @@ async def load(request: Request) -> HTTPResponse:
         chat_template=_string(body, "chat_template"),
     )
     resident = await _manager(request).load(spec)
-    return json({"model": spec.id, **resident.describe()})
+    # The contract's ModelInfo; `model` (= `id`) is kept for scripts written against it.
+    return json({"model": spec.id, **to_json(resident.describe())})
 
 
 @bp.post("/models/unload")
@@ -182,4 +187,4 @@ async def unload(request: Request) -> HTTPResponse:
     if not isinstance(force, bool):
         raise InvalidRequest("'force' must be a boolean", param="force")
     await _manager(request).unload(model, force=force)
-    return json({"model": model, "state": "unloaded"})
+    return json(to_json(Unloaded(model)))

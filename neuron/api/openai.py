@@ -59,6 +59,7 @@ from neuron.errors import (
 from neuron.manager import ModelManager, ModelState, Resident
 from neuron.sources import resolve_source
 from neuron.toolcall import ToolSyntax, detect_syntax, history_for_template, plan_tools
+from synapse.contract import TokenCount, to_json
 
 if TYPE_CHECKING:  # the cache's module imports llama_cpp; the app builds the cache at start
     from neuron.engine.vocab import VocabularyCache
@@ -163,7 +164,7 @@ async def tokenize(request: Request) -> HTTPResponse:
     source = body.get("source")
     if source is None or (resident is not None and resident.state is ModelState.READY):
         engine = _engine(manager.ready(model))
-        return json({"model": model, "count": await _count(engine, *_counted(body, model))})
+        return json(to_json(TokenCount(model, await _count(engine, *_counted(body, model)))))
     # Naming a source opens (and may fetch) any model the neuron can resolve, as /models/plan
     # does: the same token guards it, whatever the inference setting.
     require_token(request)
@@ -174,7 +175,7 @@ async def tokenize(request: Request) -> HTTPResponse:
     resolve = functools.partial(_source_path, manager.config)
     async with vocabularies.using(source, resolve) as vocabulary:
         count = await _count(vocabulary, *counted)
-    return json({"model": model, "count": count})
+    return json(to_json(TokenCount(model, count)))
 
 
 def _counted(body: dict[str, Any], model: str) -> tuple[str | None, GenerationRequest | None]:

@@ -57,7 +57,7 @@ class ScriptedNeuron:
         self.seen: list[str] = []
         self.bodies: list[bytes] = []
         self.on_load_attempt = lambda attempt: None
-        self.tokenize: list[tuple[int, dict[str, Any]]] = [(200, {"count": 7})]
+        self.tokenize: list[tuple[int, dict[str, Any]]] = [(200, {"model": "m", "count": 7})]
         self.tokenized: list[dict[str, Any]] = []  # every /tokenize body, parsed
         self.unreachable = False  # /tokenize fails to connect
 
@@ -76,8 +76,9 @@ class ScriptedNeuron:
             return httpx.Response(
                 200,
                 json={
+                    "model": "m",
                     "estimate": {"full_offload_mb": 100},
-                    "plan": {"fits_fully": True},
+                    "plan": {"n_gpu_layers": 31, "fits_fully": True},
                     "available_mb": 1000,
                 },
             )
@@ -323,7 +324,7 @@ async def test_a_replica_gone_since_the_poll_is_polled_again_then_counted_from_t
     dispatcher = await _fleet({"n": neuron}, CatalogueEntry("m"))
     neuron.state = None  # unloaded within one poll interval
     gone = _error("model_not_found", "model 'm' is not loaded")
-    neuron.tokenize = [(404, gone), (200, {"count": 9})]
+    neuron.tokenize = [(404, gone), (200, {"model": "m", "count": 9})]
     assert await dispatcher.tokenize("m", COUNT) == 9
     assert neuron.seen == ["POST /tokenize", "GET /models", "POST /tokenize"]
     assert neuron.tokenized == [COUNT, {**COUNT, "source": "m"}]

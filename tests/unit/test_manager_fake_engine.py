@@ -13,6 +13,7 @@ from neuron.engine.fake import FakeEngine
 from neuron.errors import Conflict, InsufficientVram, RateLimited
 from neuron.gpu import FakeProbe, NoGpuProbe
 from neuron.manager import ModelManager, ModelState
+from synapse.contract import to_json
 
 
 def manager(engines: list[FakeEngine], model_dir: Path, **admission: float) -> ModelManager:
@@ -135,7 +136,7 @@ async def test_plan_reports_capacity_and_host_and_min_gpu_layers_is_kept(
         engine_factory=lambda spec, placement, plan, parallel: FakeEngine(spec.id),
     )
     placement = await models.placement(str(smollm_path), 1024)
-    answer = placement.describe()
+    answer = to_json(placement.answer("smol"))
     assert answer["capacity_mb"] == 150 and answer["available_mb"] == 150
     assert answer["host_total_mb"] > answer["host_available_mb"] > 0
     split = answer["plan"]
@@ -155,4 +156,4 @@ async def test_plan_reports_capacity_and_host_and_min_gpu_layers_is_kept(
             id="smol2", source=str(smollm_path), n_ctx=1024, min_gpu_layers=split["n_gpu_layers"]
         )
     )
-    assert resident.describe()["n_gpu_layers"] == split["n_gpu_layers"]
+    assert resident.describe().n_gpu_layers == split["n_gpu_layers"]

@@ -25,7 +25,8 @@ async def test_every_call_carries_the_token_and_the_connect_timeout() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(200, json={"count": 3} if request.url.path == "/tokenize" else {})
+        answer = {"model": "m", "count": 3} if request.url.path == "/tokenize" else {"uptime_s": 1}
+        return httpx.Response(200, json=answer)
 
     client = client_for(handler)
     await client.health()

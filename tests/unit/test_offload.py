@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from neuron.gguf_meta import ModelGeometry
+from neuron.geometry import ModelGeometry
 from neuron.offload import MIB, MemoryEstimate, OffloadPlan, estimate_memory, plan_offload
 
 GIB = 1024  # in MiB, the planner's unit
