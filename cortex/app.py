@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable
 from ipaddress import ip_address
-from typing import Any
 
 from prometheus_client import start_http_server
 from sanic import Request, Sanic
@@ -23,7 +22,7 @@ from sanic.response import HTTPResponse, json
 from cortex.api import admin, anthropic, openai, responses
 from cortex.api.proxy import Dispatcher
 from cortex.config import GatewayConfig
-from cortex.errors import BodyTooLarge, CortexError, Forbidden, Unauthorized, anthropic_type
+from cortex.errors import BodyTooLarge, CortexError, Forbidden, Unauthorized
 from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.scheduler import Scheduler
 from cortex.fleet.state import NodeState
@@ -159,25 +158,10 @@ async def _render_error(request: Request, exc: Exception) -> HTTPResponse:
     if isinstance(exc, PayloadTooLarge):
         limit = request.app.ctx.config.max_body_mb
         exc = BodyTooLarge(f"the request is larger than this gateway accepts ({limit:g} MiB)")
-    if isinstance(exc, CortexError):
-        body = exc.anthropic_body() if _is_anthropic(request) else exc.openai_body()
-        return json(body, status=exc.status, headers=exc.headers())
     if isinstance(exc, SanicException):
-        status = exc.status_code
-        message = str(exc) or "request failed"
-    else:
+        exc = CortexError.for_status(exc.status_code, str(exc) or "request failed")
+    elif not isinstance(exc, CortexError):
         log.exception("unhandled error on %s %s", request.method, request.path)
-        status, message = 500, "internal error; see the gateway's log"
-    if _is_anthropic(request):
-        body: dict[str, Any] = {
-            "type": "error",
-            "error": {"type": anthropic_type(status), "message": message},
-        }
-    else:
-        kind = (
-            "server_error"
-            if status >= 500
-            else ("not_found_error" if status == 404 else "invalid_request_error")
-        )
-        body = {"error": {"message": message, "type": kind, "code": None, "param": None}}
-    return json(body, status=status)
+        exc = CortexError.for_status(500, "internal error; see the gateway's log")
+    body = exc.anthropic_body() if _is_anthropic(request) else exc.openai_body()
+    return json(body, status=exc.status, headers=exc.headers())

@@ -1,10 +1,14 @@
 """The gateway's one exception tree, rendered in the dialect of the route that raised it.
 
-A `CortexError` carries `status`, an OpenAI `type` and `code`, and optionally `retry_after`.
-`openai_body()` gives ``{"error": {"message", "type", "code", "param"}}``; `anthropic_body()`
-gives ``{"type": "error", "error": {"type", "message"}}`` with the Anthropic type chosen by
-status. `UpstreamError` keeps a neuron's own status, envelope and Retry-After so that clients see
-what the neuron said, not a gateway paraphrase.
+A `CortexError` carries `status`, an OpenAI `type` and `code`, optionally `retry_after`, and
+`src`: "gateway" for what the gateway decided, "neuron" for what a neuron answered.
+`openai_body()` gives ``{"error": {"message", "type", "code", "param", "src"}}``;
+`anthropic_body()` gives ``{"type": "error", "error": {"type", "message", "src"}}``. The
+Anthropic type is decided once, from the status (`anthropic_type`), whether the error goes out as
+an HTTP answer or as an in-stream `error` event. `UpstreamError` keeps a neuron's own status,
+envelope and Retry-After so that clients see what the neuron said, not a gateway paraphrase.
+Errors that are not `CortexError`s (Sanic's own, a bug) are rendered through `for_status`, so
+every error body is built here.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class CortexError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = "internal_error"
+    src: str = "gateway"
 
     def __init__(
         self,
@@ -58,6 +63,23 @@ class CortexError(Exception):
             self.code = code
         self.retry_after = retry_after
 
+    @classmethod
+    def for_status(cls, status: int, message: str) -> CortexError:
+        """An error of this status that no subclass names (Sanic's own, an unexpected one)."""
+        error = cls(message)
+        error.status, error.code = status, None
+        error.type = (
+            "server_error"
+            if status >= 500
+            else ("not_found_error" if status == 404 else "invalid_request_error")
+        )
+        return error
+
+    @property
+    def anthropic_type(self) -> str:
+        """The Anthropic error type, the same before a stream and inside one."""
+        return anthropic_type(self.status)
+
     def openai_body(self) -> dict[str, Any]:
         return {
             "error": {
@@ -65,13 +87,14 @@ class CortexError(Exception):
                 "type": self.type,
                 "code": self.code,
                 "param": self.param,
+                "src": self.src,
             }
         }
 
     def anthropic_body(self) -> dict[str, Any]:
         return {
             "type": "error",
-            "error": {"type": anthropic_type(self.status), "message": self.message},
+            "error": {"type": self.anthropic_type, "message": self.message, "src": self.src},
         }
 
     def headers(self) -> dict[str, str]:
@@ -189,6 +212,8 @@ class UpstreamTimeout(CortexError):
 
 class UpstreamError(CortexError):
     """A neuron answered with an error; its status, body and Retry-After pass through."""
+
+    src = "neuron"
 
     def __init__(self, status: int, body: Any, retry_after: str | None = None) -> None:
         error = body.get("error") if isinstance(body, dict) else None

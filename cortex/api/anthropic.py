@@ -25,7 +25,6 @@ from cortex.api.openai import observe
 from cortex.api.proxy import Dispatcher
 from cortex.dialects.anthropic import (
     StreamTranslator,
-    error_type_from_openai,
     ping,
     to_anthropic_response,
 )
@@ -112,7 +111,7 @@ class _Framer:
         return sse.events(self._translator.finish())
 
     def fail(self, exc: CortexError) -> bytes:
-        return sse.events(self._translator.error(_error_type(exc), exc.message))
+        return sse.events(self._translator.error(exc.anthropic_type, exc.message))
 
 
 async def _stream(
@@ -164,7 +163,3 @@ async def _input_tokens(
         )
     except (CortexError, TimeoutError):
         return None  # message_delta carries the count at the end anyway
-
-
-def _error_type(exc: CortexError) -> str:
-    return error_type_from_openai(exc.type, exc.code)
