@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 
 from cortex.errors import CortexError
 from cortex.fleet.registry import FleetRegistry
+from cortex.fleet.state import EventKind
 from cortex.stats import RollingStats, Sample
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -172,17 +173,17 @@ class GatewayMetrics:
     def watch_fleet(self, fleet: FleetRegistry) -> None:
         self.registry.register(_FleetCollector(fleet))
 
-    def on_scheduler_event(self, kind: str, fields: dict[str, Any]) -> None:
+    def on_scheduler_event(self, kind: EventKind, fields: dict[str, Any]) -> None:
         """Hook for `Scheduler(on_event=...)`."""
         model = label(fields.get("model", ""))
-        if kind == "load":
+        if kind == EventKind.LOAD:
             self.cold_loads.labels(model, fields["node"], "ok").inc()
             self.cold_load_duration.labels(model, fields["node"]).observe(fields["duration_s"])
-        elif kind == "load_failed":
+        elif kind == EventKind.LOAD_FAILED:
             self.cold_loads.labels(model, fields["node"], "failed").inc()
-        elif kind == "evict":
+        elif kind == EventKind.EVICT:
             self.evictions.labels(fields["node"], fields["reason"]).inc()
-        elif kind == "single_flight_join":
+        elif kind == EventKind.SINGLE_FLIGHT_JOIN:
             self.single_flight_joins.labels(model).inc()
 
 

@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import Any
 
 from neuron.admission import AdmissionGate
@@ -42,23 +41,12 @@ from neuron.metrics import NeuronMetrics
 from neuron.offload import MemoryEstimate, OffloadPlan, estimate_memory, plan_offload
 from neuron.sources import ResolvedSource, resolve_source
 from synapse.contract import MemoryEstimate as ContractEstimate
-from synapse.contract import ModelHealth, ModelInfo, PlanAnswer, Split, to_json
+from synapse.contract import ModelHealth, ModelInfo, ModelState, PlanAnswer, Split, to_json
 
 log = logging.getLogger("neuron.manager")
 
 FAILED_TTL_S = 600.0  # how long a failed load stays listed with its error
 FAILED_KEPT = 8  # at most this many failed loads are listed at once
-
-
-class ModelState(StrEnum):
-    """A resident's life: `loading` → `ready` → `unloading` → gone, or `loading` → `failed`
-    (listed with its error for `FAILED_TTL_S`, at most `FAILED_KEPT` at once, then forgotten).
-    Only `ready` serves requests. The values are what /models and /health report."""
-
-    LOADING = "loading"
-    READY = "ready"
-    UNLOADING = "unloading"
-    FAILED = "failed"
 
 
 @dataclass(frozen=True)

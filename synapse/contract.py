@@ -16,10 +16,10 @@ JSON keys; sizes are MiB, times UNIX seconds, durations seconds.
 | `POST /tokenize` | `TokenCount` |
 
 Parsing rules (`parse`): a field without a default must be present; `None` is accepted only
-where the type allows it; an `int` is accepted where a `float` is expected, a `bool` never
-where a number is; keys the type does not know are ignored, so a newer neuron may add fields
-without breaking an older gateway; a field's default stands for an older neuron that does not
-send it. Values are frozen and compare by value.
+where the type allows it; an enum field takes one of its values; an `int` is accepted where a
+`float` is expected, a `bool` never where a number is; keys the type does not know are ignored,
+so a newer neuron may add fields without breaking an older gateway; a field's default stands for
+an older neuron that does not send it. Values are frozen and compare by value.
 
 Pure: no I/O; standard library only.
 """
@@ -31,6 +31,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import Enum, StrEnum
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "MemoryEstimate",
     "ModelHealth",
     "ModelInfo",
+    "ModelState",
     "PlanAnswer",
     "Split",
     "TokenCount",
@@ -60,6 +62,16 @@ class ContractError(ValueError):
         super().__init__(f"{path or 'answer'}: {problem}")
         self.path = path
         self.problem = problem
+
+
+class ModelState(StrEnum):
+    """A model id's life on a neuron: `loading` → `ready` → `unloading` → gone, or `loading` →
+    `failed` (listed with its error for a while, then forgotten). Only `ready` serves."""
+
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADING = "unloading"
+    FAILED = "failed"
 
 
 # -- /discovery ------------------------------------------------------------------------------
@@ -109,7 +121,7 @@ class ModelHealth:
     """One resident model's live figures: admission (in flight, queued, limits) and engine."""
 
     id: str
-    state: str  # loading, ready, unloading, failed
+    state: ModelState
     in_flight: int = 0
     queue_depth: int = 0
     max_in_flight: int = 1
@@ -168,7 +180,7 @@ class ModelInfo:
     """One model id the neuron holds (or is loading, unloading, or failed to load)."""
 
     id: str
-    state: str
+    state: ModelState
     source: str | None = None
     path: str | None = None
     n_gpu_layers: int | None = None
@@ -198,7 +210,7 @@ class PlanAnswer:
     available_mb: float
     n_layers: int | None = None
     n_ctx: int | None = None
-    state: str | None = None
+    state: ModelState | None = None
     capacity_mb: float | None = None
     host_total_mb: float | None = None
     host_available_mb: float | None = None
@@ -240,7 +252,7 @@ def to_json(value: Any) -> Any:
 
 def parse(kind: type[T], data: Any, path: str = "") -> T:
     """`data` (decoded JSON) as a `kind` value; `ContractError` when it is off the contract."""
-    return _parse(kind, data, path)
+    return typing.cast(T, _parse(kind, data, path))
 
 
 _HINTS: dict[type, dict[str, Any]] = {}
@@ -265,7 +277,13 @@ def _parse(kind: Any, data: Any, path: str) -> Any:
                 return _parse(option, data, path)
     if kind is Any:
         return data
-    if dataclasses.is_dataclass(kind):
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        try:
+            return kind(data)
+        except ValueError:
+            allowed = ", ".join(str(member.value) for member in kind)
+            raise ContractError(path, f"expected one of {allowed}, got {data!r}") from None
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
         if not isinstance(data, Mapping):
             raise ContractError(path, f"expected an object, got {_name(data)}")
         values = {}

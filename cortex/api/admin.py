@@ -18,7 +18,7 @@ from cortex.config import set_pinned
 from cortex.errors import InvalidRequest, ModelNotFound, NotFound
 from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.scheduler import Scheduler
-from cortex.fleet.state import FleetSnapshot, NodeState
+from cortex.fleet.state import EventKind, FleetSnapshot, NodeState
 
 bp = Blueprint("admin")
 
@@ -126,7 +126,7 @@ def _set_pins(request: Request, model_id: str, nodes: list[str]) -> dict[str, An
         set_pinned(config.models_path, model_id, nodes)
         persisted = True
     what = f"pinned {model_id} on {', '.join(nodes)}" if nodes else f"unpinned {model_id}"
-    registry.record("pin", what, model=model_id)
+    registry.record(EventKind.PIN, what, model=model_id)
     return {"model": model_id, "pinned_on": nodes, "persisted": persisted}
 
 
@@ -152,6 +152,6 @@ def _cordon(request: Request, name: str, cordoned: bool) -> dict[str, Any]:
         raise NotFound(f"no neuron named {name!r}")
     registry.update_node(name, cordoned=cordoned)
     what = "cordoned: no new loads, models move as they go idle" if cordoned else "uncordoned"
-    registry.record("cordon" if cordoned else "uncordon", f"{name} {what}", node=name)
+    registry.record(EventKind.CORDON if cordoned else "uncordon", f"{name} {what}", node=name)
     # "drained" is the first release's key, kept for its clients.
     return {"node": name, "cordoned": cordoned, "drained": cordoned}

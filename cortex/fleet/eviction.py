@@ -34,6 +34,7 @@ from enum import StrEnum
 from cortex.fleet.state import LOADING, READY, UNLOADING, FleetSnapshot, ModelSlot, NodeState
 
 __all__ = [
+    "Reason",
     "Strategy",
     "Victim",
     "defrag_due",
@@ -52,14 +53,26 @@ class Strategy(StrEnum):
     PRIORITY = "priority"
 
 
+class Reason(StrEnum):
+    """Why a model is unloaded: to make room (`lru`, `priority`: the strategy that chose it),
+    idleness, a cordon, a defragmentation, or an operator's `manual` unload."""
+
+    LRU = "lru"
+    PRIORITY = "priority"
+    IDLE = "idle"
+    CORDON = "cordon"
+    DEFRAG = "defrag"
+    MANUAL = "manual"
+
+
 @dataclass(frozen=True)
 class Victim:
-    """One model to unload from one node, and why (`lru`, `priority`, `idle` or `defrag`)."""
+    """One model to unload from one node, and why (`Reason`)."""
 
     model_id: str
     node: str
     vram_mb: float
-    reason: str
+    reason: Reason
 
 
 def evictable(
@@ -129,7 +142,7 @@ def plan_eviction(
     victims: list[Victim] = []
     freed = 0.0
     for slot in candidates:
-        victims.append(Victim(slot.model_id, node.name, slot.vram_used_mb, strategy.value))
+        victims.append(Victim(slot.model_id, node.name, slot.vram_used_mb, Reason(strategy.value)))
         freed += slot.vram_used_mb
         if freed >= need_mb:
             return victims
@@ -154,7 +167,7 @@ def idle_unloads(snapshot: FleetSnapshot, now: float, idle_after_s: float) -> li
             since = slot.idle_since()
             if since <= 0 or now - since <= idle_after_s:
                 continue
-            victim = Victim(slot.model_id, node.name, slot.vram_used_mb, "idle")
+            victim = Victim(slot.model_id, node.name, slot.vram_used_mb, Reason.IDLE)
             found.append((since, node.name, slot.model_id, victim))
     return [item[-1] for item in sorted(found, key=lambda item: item[:3])]
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
-from cortex.fleet.state import CatalogueEntry, FleetSnapshot, NodeState
+from cortex.fleet.state import CatalogueEntry, EventKind, FleetSnapshot, NodeState
 
 EVENT_HISTORY = 200
 AFFINITY_KEYS = 10_000  # conversations whose replica is remembered; the oldest are forgotten
@@ -34,7 +34,7 @@ class FleetEvent:
 
     seq: int
     at: float
-    kind: str  # load, load_failed, evict, unload, node_up, node_down, node_restarted, cordon, …
+    kind: EventKind
     message: str
     node: str | None = None
     model: str | None = None
@@ -146,7 +146,7 @@ class FleetRegistry:
 
     def record(
         self,
-        kind: str,
+        kind: EventKind,
         message: str,
         *,
         node: str | None = None,

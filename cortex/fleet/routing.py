@@ -81,7 +81,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from cortex.fleet.eviction import Strategy, Victim, eviction_order, plan_eviction
+from cortex.fleet.eviction import Reason, Strategy, Victim, eviction_order, plan_eviction
 from cortex.fleet.state import (
     FAILED,
     LOADING,
@@ -624,7 +624,7 @@ def _partial_option(
     freed = 0.0
     prefix: list[Victim] = []
     for slot in eviction_order(snapshot, node, strategy, max_priority=rules.priority):
-        prefix.append(Victim(slot.model_id, node.name, slot.vram_used_mb, strategy.value))
+        prefix.append(Victim(slot.model_id, node.name, slot.vram_used_mb, Reason(strategy.value)))
         freed += slot.vram_used_mb
         more = min(plan.layers_within(plan.available_mb + freed, scale), plan.n_layers)
         if more > layers:

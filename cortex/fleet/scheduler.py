@@ -32,7 +32,7 @@ from cortex.errors import (
     NotFound,
     UpstreamError,
 )
-from cortex.fleet.eviction import Victim, defrag_due, evictable, idle_unloads
+from cortex.fleet.eviction import Reason, Victim, defrag_due, evictable, idle_unloads
 from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.routing import (
     RETRY_AFTER_S,
@@ -47,7 +47,7 @@ from cortex.fleet.routing import (
     place,
     route,
 )
-from cortex.fleet.state import LOADING, READY, CatalogueEntry, NodeState
+from cortex.fleet.state import LOADING, READY, CatalogueEntry, EventKind, NodeState
 from cortex.nodes.client import NeuronClient
 from cortex.nodes.poller import Poller
 from synapse.contract import PlanAnswer
@@ -98,7 +98,7 @@ class Scheduler:
         poller: Poller,
         *,
         clock: Callable[[], float] = time.time,
-        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        on_event: Callable[[EventKind, dict[str, Any]], None] | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -153,7 +153,7 @@ class Scheduler:
             self._loads[model_id] = task
             task.add_done_callback(lambda t, key=model_id: self._forget(key, t))
         else:
-            self.on_event("single_flight_join", {"model": model_id})
+            self.on_event(EventKind.SINGLE_FLIGHT_JOIN, {"model": model_id})
         return task
 
     def loads_in_progress(self) -> list[dict[str, Any]]:
@@ -207,7 +207,9 @@ class Scheduler:
                         f"{model_id!r} is being placed by another gateway; try again",
                         retry_after=RETRY_AFTER_S,
                     ) from None
-                self.on_event("single_flight_join", {"model": model_id, "node": placed.node})
+                self.on_event(
+                    EventKind.SINGLE_FLIGHT_JOIN, {"model": model_id, "node": placed.node}
+                )
                 with contextlib.suppress(CortexError):
                     await self.poller.poll(placed.node)
             except NoCapacity:
@@ -323,7 +325,7 @@ class Scheduler:
         started = time.monotonic()
         how = f" ({placed.describe()})" if placed is not None else ""
         self.registry.record(
-            "load_started", f"loading {entry.id} on {node}{how}", node=node, model=entry.id
+            EventKind.LOAD_STARTED, f"loading {entry.id} on {node}{how}", node=node, model=entry.id
         )
         try:
             await self.clients[node].load(
@@ -336,23 +338,23 @@ class Scheduler:
             )
         except CortexError as exc:
             self.registry.record(
-                "load_failed",
+                EventKind.LOAD_FAILED,
                 f"loading {entry.id} on {node} failed: {exc.message}",
                 node=node,
                 model=entry.id,
             )
-            self.on_event("load_failed", {"model": entry.id, "node": node})
+            self.on_event(EventKind.LOAD_FAILED, {"model": entry.id, "node": node})
             with contextlib.suppress(CortexError):
                 await self.poller.poll(node)
             raise
         duration = time.monotonic() - started
         self.registry.record(
-            "load",
+            EventKind.LOAD,
             f"loaded {entry.id} on {node}{how} in {duration:.1f}s",
             node=node,
             model=entry.id,
         )
-        self.on_event("load", {"model": entry.id, "node": node, "duration_s": duration})
+        self.on_event(EventKind.LOAD, {"model": entry.id, "node": node, "duration_s": duration})
         log.info("cold load: %s on %s in %.2fs", entry.id, node, duration)
         await self.poller.poll(node)
 
@@ -363,7 +365,7 @@ class Scheduler:
             victim.node, evictions_since_defrag=node.evictions_since_defrag + 1
         )
         self.registry.record(
-            "evict",
+            EventKind.EVICT,
             f"evicted {victim.model_id} from {victim.node} ({victim.reason}, "
             f"{victim.vram_mb:.0f} MiB)",
             node=victim.node,
@@ -371,7 +373,8 @@ class Scheduler:
             reason=victim.reason,
         )
         self.on_event(
-            "evict", {"model": victim.model_id, "node": victim.node, "reason": victim.reason}
+            EventKind.EVICT,
+            {"model": victim.model_id, "node": victim.node, "reason": victim.reason},
         )
         log.info("evicted %s from %s: %s", victim.model_id, victim.node, victim.reason)
         await self.poller.poll(victim.node)
@@ -408,7 +411,9 @@ class Scheduler:
             await self._load(entry, node)
         return Target(node, entry.id)
 
-    async def unload(self, requested: str, node: str | None, reason: str = "manual") -> list[str]:
+    async def unload(
+        self, requested: str, node: str | None, reason: Reason = Reason.MANUAL
+    ) -> list[str]:
         model_id = self.registry.snapshot().resolve(requested)
         slots = [s for s in self.registry.snapshot().slots(model_id) if node in (None, s.node)]
         if not slots:
@@ -418,13 +423,13 @@ class Scheduler:
         for slot in slots:
             await self.clients[slot.node].unload(model_id)
             self.registry.record(
-                "unload",
+                EventKind.UNLOAD,
                 f"unloaded {model_id} from {slot.node} ({reason})",
                 node=slot.node,
                 model=model_id,
                 reason=reason,
             )
-            self.on_event("evict", {"model": model_id, "node": slot.node, "reason": reason})
+            self.on_event(EventKind.EVICT, {"model": model_id, "node": slot.node, "reason": reason})
             await self.poller.poll(slot.node)
         return [slot.node for slot in slots]
 
@@ -461,7 +466,7 @@ class Scheduler:
         for node in snapshot.nodes.values():
             if node.cordoned and node.up:
                 victims += [
-                    Victim(slot.model_id, node.name, slot.vram_used_mb, "cordon")
+                    Victim(slot.model_id, node.name, slot.vram_used_mb, Reason.CORDON)
                     for slot in evictable(node, snapshot, max_priority=None)
                 ]
         failed: set[str] = set()
@@ -498,13 +503,13 @@ class Scheduler:
                 s.model_id for s in node.models if s.state == READY and snapshot.entry(s.model_id)
             ]
             self.registry.record(
-                "defrag",
+                EventKind.DEFRAG,
                 f"defragmenting {name}: reloading {len(resident)} model(s)",
                 node=name,
-                reason="defrag",
+                reason=Reason.DEFRAG,
             )
             for model_id in resident:
-                await self.evict(Victim(model_id, name, 0.0, "defrag"))
+                await self.evict(Victim(model_id, name, 0.0, Reason.DEFRAG))
             for model_id in resident:
                 entry = self.registry.snapshot().entry(model_id)
                 if entry is not None:

@@ -20,10 +20,31 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
 
-READY = "ready"
-LOADING = "loading"
-UNLOADING = "unloading"
-FAILED = "failed"
+from synapse.contract import ModelState
+
+# A slot's state is the neuron's own (`ModelState`); the short names read better in decisions.
+READY = ModelState.READY
+LOADING = ModelState.LOADING
+UNLOADING = ModelState.UNLOADING
+FAILED = ModelState.FAILED
+
+
+class EventKind(StrEnum):
+    """What a fleet event (`registry.FleetEvent`) records; the value is its `kind` on the wire."""
+
+    LOAD_STARTED = "load_started"
+    LOAD = "load"
+    LOAD_FAILED = "load_failed"
+    EVICT = "evict"
+    UNLOAD = "unload"
+    DEFRAG = "defrag"
+    NODE_UP = "node_up"
+    NODE_DOWN = "node_down"
+    NODE_RESTARTED = "node_restarted"
+    CORDON = "cordon"
+    UNCORDON = "uncordon"
+    PIN = "pin"
+    SINGLE_FLIGHT_JOIN = "single_flight_join"  # reported to metrics, not kept as an event
 
 
 @dataclass(frozen=True)
@@ -49,7 +70,7 @@ class ModelSlot:
 
     model_id: str
     node: str
-    state: str
+    state: ModelState
     in_flight: int = 0
     queue_depth: int = 0
     max_in_flight: int = 1

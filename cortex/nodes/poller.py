@@ -17,7 +17,7 @@ import logging
 
 from cortex.errors import CortexError
 from cortex.fleet.registry import FleetRegistry
-from cortex.fleet.state import GpuState, ModelSlot, NodeState
+from cortex.fleet.state import EventKind, GpuState, ModelSlot, NodeState
 from cortex.nodes.client import NeuronClient
 from synapse.contract import Discovery, Health, ModelInfo
 
@@ -90,10 +90,10 @@ class Poller:
             except CortexError as exc:  # unreachable, an error status, or off the contract
                 return self._missed(node, exc.message)
             if restarted and node.up:
-                self.registry.record("node_restarted", f"{name} restarted", node=name)
+                self.registry.record(EventKind.NODE_RESTARTED, f"{name} restarted", node=name)
                 log.warning("neuron %s restarted (its uptime went down)", name)
             if not node.up:
-                self.registry.record("node_up", f"{name} is up", node=name)
+                self.registry.record(EventKind.NODE_UP, f"{name} is up", node=name)
                 log.info("neuron %s is up (%s)", name, fresh.backend)
             self.registry.put_node(fresh)
             return fresh
@@ -107,7 +107,7 @@ class Poller:
     def mark_down(self, name: str, why: str, *, misses: int | None = None) -> NodeState:
         node = self.registry.node(name)
         if node.up:
-            self.registry.record("node_down", f"{name} is down: {why}", node=name)
+            self.registry.record(EventKind.NODE_DOWN, f"{name} is down: {why}", node=name)
             log.warning("neuron %s is down: %s", name, why)
         return self.registry.update_node(
             name,
