@@ -37,6 +37,7 @@ from cortex.errors import CortexError
 from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.state import EventKind
 from cortex.stats import RollingStats, Sample
+from synapse.access import access_line
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _LOAD = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -58,17 +59,21 @@ def log_access(
     client_gone: bool = False,
 ) -> None:
     """Write one access-log line (see the module docstring for what it may contain)."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
     access_log.info(
-        "%s %s model=%s node=%s status=%d duration_ms=%d tokens_in=%d tokens_out=%d client_gone=%s",
-        method,
-        route,
-        model,
-        node,
-        status,
-        round(duration_s * 1000),
-        tokens_in,
-        tokens_out,
-        "yes" if client_gone else "no",
+        "%s",
+        access_line(
+            method,
+            route,
+            model=model,
+            node=node,
+            status=status,
+            duration_ms=round(duration_s * 1000),
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            client_gone=client_gone,
+        ),
     )
 
 

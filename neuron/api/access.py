@@ -15,6 +15,7 @@ import time
 from sanic import Request
 
 from neuron.engine import Usage
+from synapse.access import access_line
 
 access_log = logging.getLogger("neuron.access")
 
@@ -36,15 +37,16 @@ def log_request(
     model = getattr(request.ctx, "model", None)
     resident = model if model in request.app.ctx.manager.models else "-"
     access_log.info(
-        "%s /%s model=%s status=%d duration_ms=%d tokens_in=%d cached=%d tokens_out=%d "
-        "client_gone=%s",
-        request.method,
-        route.lstrip("/"),
-        resident,
-        status,
-        duration_ms,
-        usage.prompt_tokens if usage else 0,
-        usage.cached_tokens if usage else 0,
-        usage.completion_tokens if usage else 0,
-        "yes" if client_gone else "no",
+        "%s",
+        access_line(
+            request.method,
+            "/" + route.lstrip("/"),
+            model=resident,
+            status=status,
+            duration_ms=duration_ms,
+            tokens_in=usage.prompt_tokens if usage else 0,
+            cached=usage.cached_tokens if usage else 0,
+            tokens_out=usage.completion_tokens if usage else 0,
+            client_gone=client_gone,
+        ),
     )

@@ -12,6 +12,7 @@ from neuron.config import ModelSpec, NeuronConfig
 from neuron.engine.fake import FakeEngine
 from neuron.gpu import FakeProbe
 from neuron.manager import ModelManager
+from synapse.access import access_line
 from synapse.contract import (
     ContractError,
     DeviceInfo,
@@ -123,3 +124,8 @@ def test_unknown_keys_are_ignored_and_missing_optional_ones_default() -> None:
     assert answer == Health(3.0) and answer.models == () and answer.draining is False
     listed = parse(tuple[ModelInfo, ...], [{"id": "m", "state": "loading"}])
     assert listed == (ModelInfo("m", "loading"),)
+
+
+def test_both_programs_write_access_lines_the_same_way() -> None:
+    line = access_line("POST", "/v1/chat/completions", model="m", status=200, client_gone=False)
+    assert line == "POST /v1/chat/completions model=m status=200 client_gone=no"

@@ -43,6 +43,7 @@ PURE = (
     "neuron/api/schema.py",
     "cortex/fleet/affinity.py",
     "synapse/contract.py",
+    "synapse/access.py",
 )
 IO_MODULES = frozenset(
     {
