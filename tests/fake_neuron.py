@@ -2,7 +2,8 @@
 
 `FakeNeuron` answers the neuron ⇄ cortex contract (`/discovery`, `/health`, `/models`,
 `/models/plan`, `/models/load`, `/models/unload`, and `/v1/chat/completions` with a fixed
-answer, noting the `served` model ids) from a small state machine: models load after
+answer, noting the `served` model ids) from a small state machine, unless `answers` holds a
+JSON value to send for that path instead (an answer off the contract, say): models load after
 `load_s` seconds of event-loop time, take their planned VRAM from one fake GPU and give it back
 on unload; an unload of a model with requests in flight is the neuron's 409 `model_busy`, and a
 second load of an id that is loading joins the first, as the real manager does. `broken` paths
@@ -53,6 +54,7 @@ class FakeNeuron:
     load_s: float = 0.05
     models: dict[str, FakeModel] = field(default_factory=dict)
     broken: set[str] = field(default_factory=set)
+    answers: dict[str, Any] = field(default_factory=dict)
     seen: list[str] = field(default_factory=list)
     served: list[str] = field(default_factory=list)
     uptime_s: float = 100.0
@@ -60,6 +62,10 @@ class FakeNeuron:
     @property
     def free_mb(self) -> float:
         return self.vram_mb - sum(m.vram_mb for m in self.models.values())
+
+    def calls(self, route: str) -> int:
+        """How many requests reached `route` ("GET /discovery")."""
+        return sum(1 for entry in self.seen if entry == route or entry.startswith(route + " "))
 
     def loads(self, model: str | None = None) -> int:
         """How many `/models/load` calls reached this neuron (for `model`, or any)."""
@@ -82,6 +88,8 @@ class FakeNeuron:
         self.seen.append(f"{request.method} {path} {model}".rstrip())
         if path in self.broken:
             return httpx.Response(200, content=b"\xff not json")
+        if path in self.answers:
+            return httpx.Response(200, json=self.answers[path])
         if path == "/discovery":
             devices = [{"index": 0, "name": "Fake GPU 0", "vram_total_mb": self.vram_mb}]
             return httpx.Response(

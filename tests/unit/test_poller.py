@@ -5,40 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
 import pytest
 
-from cortex.config import NeuronEndpoint
-from cortex.fleet.registry import FleetRegistry
-from cortex.fleet.state import NodeState
-from cortex.nodes.client import NeuronClient
-from cortex.nodes.poller import Poller
-
-MODEL = {"id": "m", "state": "ready"}
+from tests.fake_neuron import FakeNeuron, Fleet
 
 
-class FakeNeuron:
-    """Answers /discovery, /health and /models from attributes a test changes."""
-
-    def __init__(self) -> None:
-        self.uptime = 100.0
-        self.models: Any = [MODEL]
-        self.discoveries = 0
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/discovery":
-            self.discoveries += 1
-            return httpx.Response(200, json={"hostname": "h", "devices": [], "backend": "cpu"})
-        if request.url.path == "/health":
-            return httpx.Response(200, json={"uptime_s": self.uptime, "devices": [], "models": []})
-        return httpx.Response(200, json=self.models)
-
-
-def poller_for(neuron: FakeNeuron) -> tuple[Poller, FleetRegistry]:
-    http = httpx.AsyncClient(transport=httpx.MockTransport(neuron))
-    client = NeuronClient(http, NeuronEndpoint("n", "http://n"))
-    registry = FleetRegistry([NodeState(name="n", endpoint="http://n")], [], {}, lambda: 0.0)
-    return Poller(registry, {"n": client}, interval_s=1, down_after_misses=2), registry
+async def fleet_of_one() -> tuple[FakeNeuron, Fleet]:
+    neuron = FakeNeuron("n")
+    neuron.hold("m")
+    return neuron, await Fleet.start([neuron], [])  # down after two misses
 
 
 @pytest.mark.parametrize(
@@ -46,35 +21,40 @@ def poller_for(neuron: FakeNeuron) -> tuple[Poller, FleetRegistry]:
     [[{"state": "ready"}], [{"id": "m"}], {"not": "a list"}, [None], "text", [{"id": "m"}, 5]],
 )
 async def test_answers_off_the_contract_are_misses(models: Any) -> None:
-    neuron = FakeNeuron()
-    poller, registry = poller_for(neuron)
-    assert (await poller.poll("n")).up
-    neuron.models = models
+    neuron, fleet = await fleet_of_one()
+    poller, registry = fleet.poller, fleet.registry
+    assert registry.node("n").up
+    neuron.answers["/models"] = models
     await poller.poll("n")
     await poller.poll("n")
     assert not registry.node("n").up and registry.node("n").models == ()
-    neuron.models = [MODEL]
+    (down,) = [e for e in registry.events if e.kind == "node_down"]
+    assert "off the contract" in down.message or "non-JSON" in down.message
+    del neuron.answers["/models"]
     assert (await poller.poll("n")).up
+    await fleet.close()
 
 
 async def test_uptime_going_down_is_a_restart() -> None:
-    neuron = FakeNeuron()
-    poller, registry = poller_for(neuron)
+    neuron, fleet = await fleet_of_one()
+    poller, registry = fleet.poller, fleet.registry
+    neuron.uptime_s = 101.0
     await poller.poll("n")
-    neuron.uptime = 101.0
-    await poller.poll("n")
-    assert neuron.discoveries == 1 and not [
+    assert neuron.calls("GET /discovery") == 1 and not [
         e for e in registry.events if e.kind == "node_restarted"
     ]
-    neuron.uptime, neuron.models = 0.5, []
+    neuron.uptime_s = 0.5
+    neuron.models.clear()
     node = await poller.poll("n")
     assert node.up and node.models == ()
-    assert neuron.discoveries == 2
+    assert neuron.calls("GET /discovery") == 2
     assert [e.kind for e in registry.events].count("node_restarted") == 1
+    await fleet.close()
 
 
 async def test_the_polling_loop_outlives_an_unexpected_error() -> None:
-    poller, _registry = poller_for(FakeNeuron())
+    _neuron, fleet = await fleet_of_one()
+    poller = fleet.poller
     poller.interval_s = 0.01
     rounds: list[int] = []
 
@@ -90,4 +70,5 @@ async def test_the_polling_loop_outlives_an_unexpected_error() -> None:
             break
         await asyncio.sleep(0.01)
     await poller.stop()
+    await fleet.close()
     assert len(rounds) >= 3
