@@ -22,7 +22,7 @@ from neuron.config import NeuronConfig
 from neuron.engine import supports_gpu_offload
 from neuron.errors import NeuronError
 from neuron.gpu import GpuProbe, open_probe
-from neuron.manager import ModelManager
+from neuron.manager import EngineFactory, ModelManager
 from neuron.metrics import NeuronMetrics
 
 log = logging.getLogger("neuron")
@@ -44,7 +44,14 @@ _SANIC_ERROR_TYPES = {
 }
 
 
-def create_app(config: NeuronConfig, *, probe: GpuProbe | None = None) -> Sanic:
+def create_app(
+    config: NeuronConfig,
+    *,
+    probe: GpuProbe | None = None,
+    engine_factory: EngineFactory | None = None,
+) -> Sanic:
+    """The neuron's app; `probe` and `engine_factory` replace the NVML probe and llama.cpp (tests
+    pass a `FakeProbe` and `FakeEngine`s to run the whole API in process)."""
     app = Sanic("neuron", configure_logging=False)  # our own logging.basicConfig applies
     app.config.RESPONSE_TIMEOUT = 24 * 3600  # generations and loads take as long as they take
     app.config.KEEP_ALIVE_TIMEOUT = 75
@@ -60,7 +67,13 @@ def create_app(config: NeuronConfig, *, probe: GpuProbe | None = None) -> Sanic:
         app.ctx.probe = probe or open_probe()
         app.ctx.gpu_offload = supports_gpu_offload()
         app.ctx.metrics = NeuronMetrics()
-        app.ctx.manager = ModelManager(config, app.ctx.probe, app.ctx.gpu_offload, app.ctx.metrics)
+        app.ctx.manager = ModelManager(
+            config,
+            app.ctx.probe,
+            app.ctx.gpu_offload,
+            app.ctx.metrics,
+            engine_factory=engine_factory,
+        )
         app.ctx.metrics.watch(app.ctx.manager, app.ctx.probe)
         # Vocabulary-only GGUFs for /tokenize of models that are not loaded (imports llama_cpp,
         # so not at module level: `neuron.app` imports without it, like the manager's engines).
