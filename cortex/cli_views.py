@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from rich.console import Group
+from rich.console import Group, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
@@ -117,7 +117,12 @@ def status_view(document: dict[str, Any], url: str) -> Group:
         f"{resident} models resident, {len(document.get('catalogue', []))} catalogued"
     )
     table = Table(title="Nodes", title_justify="left")
-    for name, justify in (("Node", "left"), ("State", "left"), ("Cordoned", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (
+        ("Node", "left"),
+        ("State", "left"),
+        ("Cordoned", "left"),
+    )
+    for name, justify in columns:
         table.add_column(name, justify=justify, overflow="fold")
     table.add_column("Backend")
     table.add_column("GPUs (VRAM used / total MiB)", overflow="fold")

@@ -8,7 +8,7 @@ loopback and a catalogue of the demo models plus the GGUFs found in the local mo
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import tomlkit
@@ -74,7 +74,8 @@ def load_config(path: Path) -> GatewayConfig:
     if keys_file:
         api_keys |= _read_keys(path, _relative(path, keys_file))
     metrics_listen = gateway.get("metrics_listen", str, "0.0.0.0:31314", _listen_or_off)
-    config_kwargs = dict(
+    # Built table by table, in the order the tables are read and finished.
+    config = GatewayConfig(
         listen=gateway.get("listen", str, "0.0.0.0:31313", listen_address),
         metrics_listen=metrics_listen or None,
         api_keys=frozenset(api_keys),
@@ -92,7 +93,8 @@ def load_config(path: Path) -> GatewayConfig:
     gateway.finish()
     eviction = root.table("eviction")
     strategy = eviction.get("strategy", str, "lru", _strategy)
-    config_kwargs.update(
+    config = replace(
+        config,
         strategy=Strategy(strategy),
         idle_unload_after_s=eviction.get("idle_unload_after_s", float, 0.0, non_negative),
         defrag_after_cycles=eviction.get("defrag_after_cycles", int, 0, non_negative),
@@ -117,8 +119,8 @@ def load_config(path: Path) -> GatewayConfig:
     unknown_pins = {node for m in models for node in m.pinned_on} - set(names)
     if unknown_pins:
         raise ConfigError(models_path, "pinned_on", f"unknown neuron(s) {sorted(unknown_pins)}")
-    return GatewayConfig(
-        **config_kwargs,
+    return replace(
+        config,
         neurons=tuple(neurons),
         models=tuple(models),
         aliases=aliases,

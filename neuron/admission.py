@@ -26,7 +26,9 @@ class AdmissionGate:
     """
 
     def __init__(self, limits: Admission, on_wait: Callable[[float], None] | None = None) -> None:
+        assert limits.max_in_flight is not None, "the manager fills in max_in_flight"
         self.limits = limits
+        self._max_in_flight = limits.max_in_flight
         self._on_wait = on_wait
         self._slots = asyncio.Semaphore(limits.max_in_flight)
         self.in_flight = 0
@@ -36,7 +38,7 @@ class AdmissionGate:
 
     def retry_after(self) -> float:
         ahead = self.waiting + self.in_flight
-        return max(1.0, self._mean_duration_s * ahead / self.limits.max_in_flight)
+        return max(1.0, self._mean_duration_s * ahead / self._max_in_flight)
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:

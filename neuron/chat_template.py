@@ -25,7 +25,8 @@ from neuron.errors import InvalidRequest
 class _GenerationTag(jinja2.ext.Extension):
     """transformers' `{% generation %}…{% endgeneration %}` marks training spans; render it."""
 
-    tags: ClassVar[set[str]] = {"generation"}
+    # jinja2 annotates `tags` as an instance variable, but reads it from the class.
+    tags: ClassVar[set[str]] = {"generation"}  # type: ignore[misc]
 
     def parse(self, parser: jinja2.parser.Parser) -> Any:
         parser.stream.skip(1)

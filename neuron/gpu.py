@@ -146,7 +146,7 @@ class NvmlProbe:
     """Real GPUs through NVML. NVML measures what llama.cpp allocates, so reservations are moot."""
 
     kind = "nvml"
-    backend_reason = None
+    backend_reason: str | None = None
 
     def __init__(self, nvml: ModuleType, handles: list[Any]) -> None:
         self._nvml = nvml
@@ -225,11 +225,11 @@ class NoGpuProbe:
     """A CPU host: no devices, and the reason there is no CUDA backend."""
 
     kind = "none"
-    driver_version = None
-    cuda_version = None
+    driver_version: str | None = None
+    cuda_version: str | None = None
 
     def __init__(self, reason: str) -> None:
-        self.backend_reason = reason
+        self.backend_reason: str | None = reason
 
     def devices(self) -> list[DeviceInfo]:
         return []
@@ -276,9 +276,9 @@ class FakeProbe:
     """Pretend GPUs: used = sum of reservations, free = total − used, utilization 0."""
 
     kind = "fake"
-    backend_reason = None
-    driver_version = "fake"
-    cuda_version = None
+    backend_reason: str | None = None
+    driver_version: str | None = "fake"
+    cuda_version: str | None = None
 
     def __init__(self, totals_mb: Mapping[int, int]) -> None:
         self._totals = dict(sorted(totals_mb.items()))

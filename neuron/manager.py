@@ -64,7 +64,7 @@ class Placement:
     host_total_mb: float | None = None  # system RAM (MemTotal), None when unknown
     host_available_mb: float | None = None  # MemAvailable when planned
 
-    def answer(self, model: str, state: str | None = None) -> PlanAnswer:
+    def answer(self, model: str, state: ModelState | None = None) -> PlanAnswer:
         """The contract's `/models/plan` answer for serving it as `model` (whose state on this
         neuron is `state`)."""
         return PlanAnswer(
@@ -112,7 +112,7 @@ class Resident:
         estimate = placement.estimate if placement else None
         return ModelInfo(
             id=self.spec.id,
-            state=self.state.value,
+            state=self.state,
             source=self.spec.source_or_id,
             path=str(placement.source.primary) if placement else None,
             n_gpu_layers=plan.n_gpu_layers if plan else None,
@@ -138,7 +138,7 @@ class Resident:
         )
         return ModelHealth(
             id=self.spec.id,
-            state=self.state.value,
+            state=self.state,
             in_flight=self.gate.in_flight,
             queue_depth=self.gate.waiting,
             max_in_flight=limits.max_in_flight or 1,

@@ -9,12 +9,16 @@ temperature). Labels: model ids resident here, endpoint, status class, GPU index
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from neuron.gpu import GpuProbe
+
+if TYPE_CHECKING:  # the manager imports this module
+    from neuron.manager import ModelManager
 
 _WAIT = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 MIB = 1024 * 1024
@@ -53,17 +57,17 @@ class NeuronMetrics:
             registry=r,
         )
 
-    def watch(self, manager: object, probe: GpuProbe) -> None:
+    def watch(self, manager: ModelManager, probe: GpuProbe) -> None:
         self.registry.register(_StateCollector(manager, probe))
 
 
 class _StateCollector(Collector):
-    def __init__(self, manager: object, probe: GpuProbe) -> None:
+    def __init__(self, manager: ModelManager, probe: GpuProbe) -> None:
         self.manager = manager
         self.probe = probe
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        families = {
+    def collect(self) -> Iterable[Metric]:
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
             "in_flight": GaugeMetricFamily(
                 "neuron_model_in_flight", "Requests generating", labels=["model"]
             ),
@@ -121,7 +125,7 @@ class _StateCollector(Collector):
                 labels=["model"],
             ),
         }
-        for resident in self.manager.models.values():  # type: ignore[attr-defined]
+        for resident in self.manager.models.values():
             model = [resident.spec.id]
             families["in_flight"].add_metric(model, resident.gate.in_flight)
             families["queue"].add_metric(model, resident.gate.waiting)

@@ -289,9 +289,9 @@ def _place(
         counts = _proportional(k, candidates, usable)
         if _fits(costs, k, devices, counts, usable):
             return counts
-        counts = _front_to_back(costs, k, candidates, usable)
-        if counts is not None and _fits(costs, k, devices, counts, usable):
-            return counts
+        in_order = _front_to_back(costs, k, candidates, usable)
+        if in_order is not None and _fits(costs, k, devices, in_order, usable):
+            return in_order
     return None
 
 

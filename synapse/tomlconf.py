@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import tomlkit
 from tomlkit.exceptions import ParseError
@@ -35,7 +35,8 @@ def _find_line(text: str, table: str, key: str) -> int | None:
     """Best-effort line of `key` inside the table named `table` ("" = root, "a.b", "x[2]")."""
     want_table, _, index_text = table.partition("[")
     want_index = int(index_text.rstrip("]")) if index_text else None
-    current, seen_arrays = "", {}
+    current = ""
+    seen_arrays: dict[str, int] = {}
     key_re = re.compile(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=")
     for number, line in enumerate(text.splitlines(), start=1):
         stripped = line.strip()
@@ -109,7 +110,7 @@ class TomlTable:
             raise self.error(key, f"expected {_names(kinds)}, got {type(value).__name__}")
         if check is not None and (problem := check(value)):
             raise self.error(key, problem)
-        return value
+        return cast(T, value)  # an instance of `kind` (checked above)
 
     def strings(self, key: str, default: list[str] | None = None) -> list[str]:
         values = self.get(key, list, [] if default is None else default)

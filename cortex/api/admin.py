@@ -152,6 +152,8 @@ def _cordon(request: Request, name: str, cordoned: bool) -> dict[str, Any]:
         raise NotFound(f"no neuron named {name!r}")
     registry.update_node(name, cordoned=cordoned)
     what = "cordoned: no new loads, models move as they go idle" if cordoned else "uncordoned"
-    registry.record(EventKind.CORDON if cordoned else "uncordon", f"{name} {what}", node=name)
+    registry.record(
+        EventKind.CORDON if cordoned else EventKind.UNCORDON, f"{name} {what}", node=name
+    )
     # "drained" is the first release's key, kept for its clients.
     return {"node": name, "cordoned": cordoned, "drained": cordoned}

@@ -93,7 +93,9 @@ def evictable(
     ]
 
 
-def _order_key(strategy: Strategy, snapshot: FleetSnapshot, slot: ModelSlot) -> tuple:
+def _order_key(
+    strategy: Strategy, snapshot: FleetSnapshot, slot: ModelSlot
+) -> tuple[int, float, str] | tuple[float, str]:
     if strategy is Strategy.PRIORITY:
         return (snapshot.priority_of(slot.model_id), slot.idle_since(), slot.model_id)
     return (slot.idle_since(), slot.model_id)

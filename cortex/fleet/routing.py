@@ -275,7 +275,7 @@ def route(
     ready = [(node, slot) for node, slot in here if slot.state == READY]
     if ready:
 
-        def busy(pair: tuple[NodeState, ModelSlot]) -> tuple:
+        def busy(pair: tuple[NodeState, ModelSlot]) -> tuple[int, int, float, str]:
             node, slot = pair
             spread = (
                 -_rendezvous(conversation, node.name)
@@ -286,8 +286,10 @@ def route(
 
         node, least = min(ready, key=busy)
         own = next((slot for n, slot in ready if n.name == prefer), None)
-        if own is not None and (
-            own.load < own.max_in_flight or own.load - least.load <= AFFINITY_SLACK
+        if (
+            prefer is not None
+            and own is not None
+            and (own.load < own.max_in_flight or own.load - least.load <= AFFINITY_SLACK)
         ):
             return Serve(prefer, model_id, "affinity")
         return Serve(node.name, model_id)
@@ -329,11 +331,14 @@ def _rendezvous(key: str, node: str) -> int:
 
 # Placement tiers, best first.
 _FITS_NOW, _AFTER_EVICT, _PARTIAL, _NO_GPU = range(4)
+# An option's rank, the smallest best: (affinity, tier, the tier's three tie-breaks, −available
+# MiB, node name).
+_Key = tuple[int, int, float, float, int, float, str]
 
 
 @dataclass(frozen=True)
 class _Option:
-    key: tuple
+    key: _Key
     load: ColdLoad
 
     @property
@@ -620,7 +625,8 @@ def _partial_option(
         if plan.gpu_layers is not None and rules.override is None
         else plan.layers_within(plan.available_mb, scale)
     )
-    layers, victims = min(now_layers, plan.n_layers), ()
+    layers = min(now_layers, plan.n_layers)
+    victims: tuple[Victim, ...] = ()
     freed = 0.0
     prefix: list[Victim] = []
     for slot in eviction_order(snapshot, node, strategy, max_priority=rules.priority):

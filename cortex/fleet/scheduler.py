@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -151,7 +152,7 @@ class Scheduler:
         if task is None or task.done():
             task = asyncio.get_running_loop().create_task(self._make_servable(model_id, exclude))
             self._loads[model_id] = task
-            task.add_done_callback(lambda t, key=model_id: self._forget(key, t))
+            task.add_done_callback(functools.partial(self._forget, model_id))
         else:
             self.on_event(EventKind.SINGLE_FLIGHT_JOIN, {"model": model_id})
         return task
@@ -403,7 +404,7 @@ class Scheduler:
             return Target(node, model_id)
         task = asyncio.get_running_loop().create_task(self._load_there(entry, node))
         self._loads[model_id] = task
-        task.add_done_callback(lambda t, key=model_id: self._forget(key, t))
+        task.add_done_callback(functools.partial(self._forget, model_id))
         return await self.wait_loaded(task, deadline)
 
     async def _load_there(self, entry: CatalogueEntry, node: str) -> Target:

@@ -107,6 +107,7 @@ class AiohttpUpstream(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         with _httpx_errors():
             response = await self._inner.handle_async_request(request)
+        assert isinstance(response.stream, httpx.AsyncByteStream)  # an async transport's body
         response.stream = _MappedStream(response.stream)
         return response
 

@@ -121,7 +121,7 @@ def _header(fleet: Doc | None, width: int, source: str) -> Text:
         style = "green" if up == len(nodes) and nodes else "bold red"
         text.append("  ")
         text.append(f"{up}/{len(nodes)} nodes", style=style)
-        stats = fleet.get("stats") if isinstance(fleet.get("stats"), Mapping) else {}
+        stats = value if isinstance(value := fleet.get("stats"), Mapping) else {}
         text.append(f"  {fmt(stats.get('requests_per_s'), '.1f')} req/s")
         text.append(f"  {fmt(stats.get('tokens_per_s'), '.0f')} tok/s")
         errors = stats.get("errors_per_s")

@@ -137,7 +137,7 @@ async def plan(request: Request) -> HTTPResponse:
     # What this neuron already does with that id (a load another gateway started, say), so a
     # gateway about to place it elsewhere joins it instead.
     resident = manager.models.get(model)
-    state = resident.state.value if resident is not None else None
+    state = resident.state if resident is not None else None
     return json(to_json(placement.answer(model, state)))
 
 

@@ -98,12 +98,12 @@ async def chat_completions(request: Request) -> HTTPResponse | None:
         req.model, "tools" if tools_active else "chat"
     ) as resident:
         engine = _engine(resident)
-        _refuse_oversized(_chat_chars(req), engine.info, "messages")
-        syntax = detect_syntax(engine.info.chat_template)
-        prompt, tool_grammar = _chat_prompt(engine.info, req, tools_active, syntax)
-        generation = _generation(
-            req, prompt, tool_grammar or grammar, param="messages", info=engine.info
-        )
+        info = engine.info
+        assert info is not None  # `_engine` refuses a model without one
+        _refuse_oversized(_chat_chars(req), info, "messages")
+        syntax = detect_syntax(info.chat_template)
+        prompt, tool_grammar = _chat_prompt(info, req, tools_active, syntax)
+        generation = _generation(req, prompt, tool_grammar or grammar, param="messages", info=info)
         renderer = ChatRenderer(
             req.model,
             tools=tools_active,
@@ -331,7 +331,7 @@ async def _respond(
         opening = renderer.opening()
         if opening is not None:
             await response.send(sse_data(opening))
-        item: Piece | Finished = first
+        item = first
         try:
             while True:
                 if isinstance(item, Finished):

@@ -64,14 +64,14 @@ def _get(body: dict[str, Any], name: str, kinds: tuple[type, ...], what: str) ->
 
 
 def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
-    value = _get(body, name, (int, float), "a number")
+    value: float | None = _get(body, name, (int, float), "a number")
     if value is not None and not low <= value <= high:
         raise InvalidRequest(f"'{name}' must be between {low:g} and {high:g}", param=name)
     return value
 
 
 def _integer(body: dict[str, Any], name: str, low: int, high: int | None = None) -> int | None:
-    value = _get(body, name, (int,), "an integer")
+    value: int | None = _get(body, name, (int,), "an integer")
     if value is not None and (value < low or (high is not None and value > high)):
         bound = f"at least {low}" if high is None else f"between {low} and {high}"
         raise InvalidRequest(f"'{name}' must be {bound}", param=name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 from neuron.engine.text import TextAssembler
 from neuron.engine.types import (
@@ -83,7 +83,7 @@ class FakeEngine:
         for event in self._cancelled:
             event.set()
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[Piece | Finished]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Piece | Finished, None]:
         if self._closed:
             raise ModelUnavailable(f"model {self.model_id!r} is unloading", retry_after=5)
         prompt = (

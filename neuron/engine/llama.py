@@ -30,7 +30,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +49,7 @@ from neuron.engine.types import (
     FinishReason,
     GenerateRequest,
     Piece,
+    TokenLogprob,
     Usage,
 )
 from neuron.errors import (
@@ -206,7 +207,7 @@ class LlamaEngine:
         for generation in [*self._active, *self._waiting]:
             generation.cancel.set()
 
-    async def generate(self, request: GenerateRequest) -> AsyncIterator[Piece | Finished]:
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Piece | Finished, None]:
         """Yield `Piece`s as text is produced, then one `Finished`.
 
         Errors found before the first token (a prompt too long, a grammar llama.cpp refuses)
@@ -612,7 +613,7 @@ class LlamaEngine:
             return
         generation.completion_tokens += 1
         generation.last_token_at = now
-        logprobs = ()
+        logprobs: tuple[TokenLogprob, ...] = ()
         if generation.request.logprobs is not None:
             logits = np.ctypeslib.as_array(
                 llama_cpp.llama_get_logits_ith(self._ctx, row),

@@ -8,7 +8,7 @@ counting tokens needs, which a vocabulary-only `engine.vocab.Vocabulary` also pr
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from neuron.engine.types import EngineInfo, EngineStats, Finished, GenerateRequest, Piece
@@ -27,7 +27,7 @@ class Engine(Protocol):
 
     def cancel_all(self) -> None: ...
 
-    def generate(self, request: GenerateRequest) -> AsyncIterator[Piece | Finished]: ...
+    def generate(self, request: GenerateRequest) -> AsyncGenerator[Piece | Finished, None]: ...
 
     async def tokenize(self, text: str, *, add_special: bool = True) -> list[int]: ...
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import math
 import re
+from collections.abc import Callable
 
 import llama_cpp
 import numpy as np
@@ -33,7 +34,7 @@ class SamplerChain:
         params = llama_cpp.llama_sampler_chain_default_params()
         params.no_perf = True
         self._chain = llama_cpp.llama_sampler_chain_init(params)
-        self._bias = None
+        self._bias: ctypes.Array[llama_cpp.llama_logit_bias] | None = None
         try:
             self._build(sampling, vocab, n_vocab)
         except BaseException:
@@ -47,7 +48,8 @@ class SamplerChain:
         if s.logit_bias:
             self._bias = (llama_cpp.llama_logit_bias * len(s.logit_bias))()
             for index, (token, bias) in enumerate(s.logit_bias.items()):
-                self._bias[index].token = token
+                # llama_cpp annotates the field as c_int32; ctypes stores a plain int in it.
+                self._bias[index].token = token  # type: ignore[assignment]
                 self._bias[index].bias = bias
             self._add(
                 llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(s.logit_bias), self._bias)
@@ -118,7 +120,7 @@ def token_logprob(
     logits: np.ndarray,
     token: int,
     top: int,
-    piece: callable,  # type: ignore[valid-type]
+    piece: Callable[[int], bytes],
 ) -> TokenLogprob:
     """Log-probability of `token` under the model's raw distribution, and the `top` best."""
     values = logits.astype(np.float64)

@@ -86,9 +86,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
 def payload(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The binary RPM's files unpacked into a temporary root."""
     root = tmp_path_factory.mktemp("payload")
-    archive = subprocess.run(
-        ["rpm2archive", "-"], stdin=built.cortex_rpm.open("rb"), capture_output=True, check=True
-    ).stdout
+    with built.cortex_rpm.open("rb") as rpm:
+        archive = subprocess.run(
+            ["rpm2archive", "-"], stdin=rpm, capture_output=True, check=True
+        ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
         if hasattr(tarfile, "fully_trusted_filter"):
             tar.extractall(root, filter="fully_trusted")

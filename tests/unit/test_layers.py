@@ -17,6 +17,7 @@ exist (so the list shrinks as the shared package lands), and nothing else may br
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,18 @@ def test_the_rules_catch_what_they_are_for(tmp_path: Path) -> None:
     probe = tmp_path / "probe.py"
     probe.write_text("import httpx\nfrom neuron.engine.llama import LlamaEngine\nimport os.path\n")
     assert _imports(probe) == {"httpx", "neuron.engine.llama", "os"}
+
+
+def test_mypy_checks_exactly_the_pure_modules_strictly() -> None:
+    """pyproject's strict mypy override names the pure modules: a new one is added there too."""
+    overrides = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]["overrides"]
+    (strict,) = [o for o in overrides if o.get("disallow_untyped_defs")]
+    patterns = strict["module"]
+
+    def covered(module: str) -> bool:
+        dotted = module.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        return any(
+            dotted == p or (p.endswith(".*") and f"{dotted}.".startswith(p[:-1])) for p in patterns
+        )
+
+    assert {m for m in _modules() if covered(m)} == {m for m in _modules() if m.startswith(PURE)}

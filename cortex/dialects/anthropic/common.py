@@ -78,11 +78,13 @@ def _string(obj: dict[str, Any], key: str, path: str) -> str:
     return value
 
 
-def _number(body: dict[str, Any], key: str, low: float, high: float | None, integer: bool) -> Any:
+def _number(
+    body: dict[str, Any], key: str, low: float, high: float | None, integer: bool
+) -> float | None:
     value = body.get(key)
     if value is None:
         return None
-    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+    kinds: tuple[type[int] | type[float], ...] = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         _fail(key, f"Input should be a valid {'integer' if integer else 'number'}")
     if high is None and not low <= value:  # `not (a <= b)` also rejects NaN

@@ -103,7 +103,8 @@ def count_tokens_request(body: Any) -> dict[str, Any]:
 
 def count_tokens_messages(body: Any) -> list[dict[str, Any]]:
     """Just the OpenAI messages of `count_tokens_request` (tools there)."""
-    return count_tokens_request(body)["messages"]
+    messages: list[dict[str, Any]] = count_tokens_request(body)["messages"]
+    return messages
 
 
 def to_openai_request(body: Any, *, model: str | None = None) -> dict[str, Any]:

@@ -135,7 +135,7 @@ def to_anthropic_response(
     one tool_use block per tool call (nameless calls are dropped)."""
     response = openai_response if isinstance(openai_response, dict) else {}
     choice = _first_choice(response)
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    message = value if isinstance(value := choice.get("message"), dict) else {}
     content: list[dict[str, Any]] = []
     text = message.get("content")
     if isinstance(text, list):  # some servers answer with content parts
@@ -145,10 +145,14 @@ def to_anthropic_response(
         content.append({"type": "text", "text": text})
     ids = _ToolIds(tool_id)
     for call in _tool_call_list(message):
-        function = call.get("function") if isinstance(call.get("function"), dict) else {}
+        function = value if isinstance(value := call.get("function"), dict) else {}
         name = function.get("name")
         if isinstance(name, str) and name:
-            block = {"type": "tool_use", "id": ids.assign(call.get("id")), "name": name}
+            block: dict[str, Any] = {
+                "type": "tool_use",
+                "id": ids.assign(call.get("id")),
+                "name": name,
+            }
             block["input"] = parse_tool_input(function.get("arguments"))
             content.append(block)
     stop_reason, stop_sequence = _stop_reason(

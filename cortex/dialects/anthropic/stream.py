@@ -86,7 +86,7 @@ class StreamTranslator:
         if self._started or self._ended:
             return []
         self._started = True
-        message = {
+        message: dict[str, Any] = {
             "id": self._message_id,
             "type": "message",
             "role": "assistant",
@@ -118,7 +118,7 @@ class StreamTranslator:
         choice = _first_choice(chunk)
         if not choice or self._content_done:
             return events
-        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        delta = value if isinstance(value := choice.get("delta"), dict) else {}
         if isinstance(delta.get("content"), str):
             events += self._text(delta["content"])
         for position, piece in enumerate(_tool_call_list(delta)):
@@ -224,7 +224,7 @@ class StreamTranslator:
         # the first non-empty value wins.
         if call.id is None and isinstance(piece.get("id"), str) and piece["id"]:
             call.id = piece["id"]
-        function = piece.get("function") if isinstance(piece.get("function"), dict) else {}
+        function = value if isinstance(value := piece.get("function"), dict) else {}
         name = function.get("name")
         if call.name is None and isinstance(name, str) and name:
             call.name = name
@@ -245,7 +245,7 @@ class StreamTranslator:
         return self._delta(index, {"type": "input_json_delta", "partial_json": partial})
 
     def _open_tool(self, call: _ToolCall) -> list[Event]:
-        block = {
+        block: dict[str, Any] = {
             "type": "tool_use",
             "id": self._ids.assign(call.id),
             "name": call.name,

@@ -177,7 +177,9 @@ def _assistant_turn(blocks: list[tuple[str, dict[str, Any]]]) -> list[dict[str, 
     return [message]
 
 
-def _reminder(blocks: list[tuple[str, dict[str, Any]]], path: str) -> list[tuple[str, dict]]:
+def _reminder(
+    blocks: list[tuple[str, dict[str, Any]]], path: str
+) -> list[tuple[str, dict[str, Any]]]:
     """A mid-conversation system message as one user text block, kept where it was sent."""
     texts = [text for where, block in blocks if (text := _text_block(block, where))]
     if not texts:

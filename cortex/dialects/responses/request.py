@@ -99,11 +99,11 @@ def _optional(body: dict[str, Any], key: str, kind: type | tuple[type, ...], wha
     return value
 
 
-def _number(body: dict[str, Any], key: str, low: float, high: float, integer: bool) -> Any:
+def _number(body: dict[str, Any], key: str, low: float, high: float, integer: bool) -> float | None:
     value = body.get(key)
     if value is None:
         return None
-    kinds: tuple[type, ...] = (int,) if integer else (int, float)
+    kinds: tuple[type[int] | type[float], ...] = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         _fail(key, f"must be {'an integer' if integer else 'a number'}")
     if not low <= value <= high:  # also refuses NaN

@@ -156,7 +156,7 @@ def to_response(
     function_call item per named tool call."""
     chat = chat if isinstance(chat, dict) else {}
     choice = _first_choice(chat)
-    message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+    message = value if isinstance(value := choice.get("message"), dict) else {}
     status = status_of(choice.get("finish_reason"))
     output: list[dict[str, Any]] = []
     text = message.get("content")
@@ -168,7 +168,9 @@ def to_response(
     calls = message.get("tool_calls")
     for call in calls if isinstance(calls, list) else ():
         function = call.get("function") if isinstance(call, dict) else None
-        name = function.get("name") if isinstance(function, dict) else None
+        if not isinstance(function, dict):
+            continue
+        name = function.get("name")
         if not isinstance(name, str) or not name:
             continue
         arguments = function.get("arguments")

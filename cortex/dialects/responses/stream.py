@@ -110,7 +110,7 @@ class ResponsesStream:
         choice = _first_choice(chunk)
         if not choice or self._content_done:
             return events
-        delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+        delta = value if isinstance(value := choice.get("delta"), dict) else {}
         if isinstance(delta.get("content"), str):
             events += self._text_piece(delta["content"])
         calls = delta.get("tool_calls")
@@ -224,7 +224,7 @@ class ResponsesStream:
         # Engines repeat id and name in later pieces or send name None: the first value wins.
         if call.id is None and isinstance(piece.get("id"), str) and piece["id"]:
             call.id = piece["id"]
-        function = piece.get("function") if isinstance(piece.get("function"), dict) else {}
+        function = value if isinstance(value := piece.get("function"), dict) else {}
         if call.name is None and isinstance(function.get("name"), str) and function["name"]:
             call.name = function["name"]
         events: list[Event] = []
