@@ -9,7 +9,9 @@ sequence each), so requests for the third evict one; an admin task loads and unl
 few seconds on top. Clients alternate OpenAI chat (streamed and not), completions and Anthropic
 messages. Counted as errors: any answer other than 200, and 429/503 without Retry-After. RSS of
 both processes is sampled after a warm-up and at the end, each time with every model unloaded
-(so that what is compared is the programs, not how many models happen to be resident).
+(so that what is compared is the programs, not how many models happen to be resident). The
+report also has a `timeline`: both programs' RSS every `--sample-s` seconds under traffic
+(whatever is resident then), to tell a plateau from a slope.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import random
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -111,6 +114,7 @@ def main() -> None:
     # (64 → 79 → 84 MiB at 1.1 and 2.2 min with four clients and an unload every 3 s) and then
     # stay within ±1 MiB; a one-minute warm-up still counted the tail of that as growth.
     parser.add_argument("--warm-up-s", type=float, default=120)
+    parser.add_argument("--sample-s", type=float, default=30, help="timeline sampling period")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
     neuron = NeuronProcess(
@@ -127,7 +131,24 @@ def main() -> None:
         start = {"neuron": rss_mb(neuron.proc.pid), "cortex": rss_mb(cortex.proc.pid)}
         stats.clear()
         began = time.monotonic()
+        timeline: list[dict[str, float]] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(args.sample_s):
+                timeline.append(
+                    {
+                        "t_s": round(time.monotonic() - began),
+                        "neuron": round(rss_mb(neuron.proc.pid), 1),
+                        "cortex": round(rss_mb(cortex.proc.pid), 1),
+                    }
+                )
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         asyncio.run(clients(cortex.url, args.clients, began + args.minutes * 60, stats))
+        done.set()
+        sampler.join()
         unload_all(cortex.url)
         end = {"neuron": rss_mb(neuron.proc.pid), "cortex": rss_mb(cortex.proc.pid)}
         requests = sum(v for k, v in stats.items() if ":" in k and not k.startswith("admin"))
@@ -141,6 +162,7 @@ def main() -> None:
             "rss_end_mb": {k: round(v, 1) for k, v in end.items()},
             "rss_growth_pct": {k: round(100 * (end[k] / start[k] - 1), 1) for k in start},
             "answers": dict(sorted(stats.items())),
+            "timeline": timeline,
             "error_samples": SAMPLES,
         }
         print(json.dumps(report, indent=2))

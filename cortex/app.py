@@ -29,7 +29,7 @@ from cortex.fleet.state import NodeState
 from cortex.metrics import GatewayMetrics, log_access
 from cortex.nodes.client import NeuronClient
 from cortex.nodes.poller import Poller
-from cortex.nodes.transport import Transport, make_http_client
+from cortex.nodes.transport import Transport, make_http_client, make_streams
 from synapse.tomlconf import parse_listen
 
 log = logging.getLogger("cortex")
@@ -56,7 +56,8 @@ def create_app(
     @app.before_server_start
     async def start(app: Sanic) -> None:
         http = make_http_client(config, transport)
-        clients = {n.name: NeuronClient(http, n) for n in config.neurons}
+        streams = make_streams(config, http, transport)
+        clients = {n.name: NeuronClient(http, n, streams) for n in config.neurons}
         registry = FleetRegistry(
             (NodeState(name=n.name, endpoint=n.endpoint) for n in config.neurons),
             config.models,
@@ -76,7 +77,7 @@ def create_app(
             app.ctx.metrics_server, _thread = start_http_server(
                 port, addr=host, registry=metrics.registry
             )
-        app.ctx.http = http
+        app.ctx.http, app.ctx.streams = http, streams
         app.ctx.registry = registry
         app.ctx.poller = poller
         app.ctx.scheduler = scheduler
@@ -95,6 +96,7 @@ def create_app(
 
     @app.after_server_stop
     async def stopped(app: Sanic) -> None:
+        await app.ctx.streams.aclose()
         await app.ctx.http.aclose()
         if app.ctx.metrics_server is not None:
             app.ctx.metrics_server.shutdown()

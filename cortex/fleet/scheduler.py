@@ -137,10 +137,7 @@ class Scheduler:
         )
         if isinstance(decision, Serve):
             return Target(decision.node, decision.model_id, decision.by)
-        if isinstance(decision, Unknown):
-            raise ModelNotFound(decision.message, param="model")
-        if isinstance(decision, Unavailable):
-            raise NoCapacity(decision.message, retry_after=decision.retry_after_s)
+        _raise_refusal(decision)
         return None
 
     def loading(
@@ -191,10 +188,7 @@ class Scheduler:
             decision = route(snapshot, model_id, self.clock(), exclude=exclude)
             if isinstance(decision, Serve):
                 return Target(decision.node, decision.model_id)
-            if isinstance(decision, Unknown):
-                raise ModelNotFound(decision.message, param="model")
-            if isinstance(decision, Unavailable):
-                raise NoCapacity(decision.message, retry_after=decision.retry_after_s)
+            _raise_refusal(decision)
             if isinstance(decision, AwaitLoad):
                 await self._await_remote_load(decision.node, decision.model_id)
                 continue
@@ -290,12 +284,7 @@ class Scheduler:
         decision = place(
             self.registry.snapshot(), model_id, plans, self.config.strategy, self.clock()
         )
-        if isinstance(decision, Unknown):
-            raise ModelNotFound(decision.message, param="model")
-        if isinstance(decision, Refused):
-            raise InvalidRequest(decision.message, param="model", code="model_unplaceable")
-        if isinstance(decision, Unavailable):
-            raise NoCapacity(decision.message, retry_after=decision.retry_after_s)
+        _raise_refusal(decision)
         assert isinstance(decision, ColdLoad)
         async with self._node_locks[decision.node]:
             for victim in decision.evict:
@@ -516,6 +505,17 @@ class Scheduler:
                 if entry is not None:
                     await self._load(entry, name)
             self.registry.update_node(name, evictions_since_defrag=0)
+
+
+def _raise_refusal(decision: object) -> None:
+    """The client's error for a routing or placement decision that serves nothing (the one
+    mapping of decisions to errors); any other decision passes."""
+    if isinstance(decision, Unknown):
+        raise ModelNotFound(decision.message, param="model")
+    if isinstance(decision, Refused):
+        raise InvalidRequest(decision.message, param="model", code="model_unplaceable")
+    if isinstance(decision, Unavailable):
+        raise NoCapacity(decision.message, retry_after=decision.retry_after_s)
 
 
 def node_plan(node: NodeState, answer: PlanAnswer) -> NodePlan:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import httpx
@@ -27,6 +28,7 @@ from cortex.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
+from cortex.nodes.transport import HttpxStreams, Streams, UpstreamResponse
 from synapse.contract import (
     ContractError,
     Discovery,
@@ -52,8 +54,11 @@ class NeuronClient:
     `ModelNotFound` (unloading what is gone).
     """
 
-    def __init__(self, http: httpx.AsyncClient, endpoint: NeuronEndpoint) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, endpoint: NeuronEndpoint, streams: Streams | None = None
+    ) -> None:
         self.http = http
+        self.streams: Streams = streams or HttpxStreams(http)
         self.name = endpoint.name
         self.endpoint = endpoint.endpoint
         self._auth = {"Authorization": f"Bearer {endpoint.token}"} if endpoint.token else {}
@@ -146,7 +151,7 @@ class NeuronClient:
 
     async def open_stream(
         self, path: str, body: bytes, headers: dict[str, str], first_byte_deadline: float
-    ) -> httpx.Response:
+    ) -> UpstreamResponse:
         """Send an inference request; the caller reads and closes the streamed response.
 
         Raises before the first byte of the body is read: `NodeUnavailable` when the neuron
@@ -154,16 +159,11 @@ class NeuronClient:
         `first_byte_deadline` (event-loop time), `UpstreamError` when it answers with an error
         status. Reads have no httpx timeout: the caller times the body (see `Exchange`).
         """
-        request = self.http.build_request(
-            "POST",
-            self.endpoint + path,
-            content=body,
-            headers={**headers, **self._auth},
-            timeout=self._timeout(None),
-        )
         try:
             async with asyncio.timeout_at(first_byte_deadline):
-                response = await self.http.send(request, stream=True)
+                response = await self.streams.send(
+                    self.endpoint + path, body, {**headers, **self._auth}
+                )
         except TimeoutError:
             raise UpstreamTimeout(f"neuron {self.name} sent no answer in time") from None
         except httpx.TransportError as exc:
@@ -189,7 +189,7 @@ def _load_body(model: str, source: str | None, n_ctx: int | None) -> dict[str, A
     return body
 
 
-def _upstream_error(status: int, content: bytes, headers: httpx.Headers) -> UpstreamError:
+def _upstream_error(status: int, content: bytes, headers: Mapping[str, str]) -> UpstreamError:
     try:
         body = json.loads(content)
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -23,14 +23,23 @@ Invariants, whichever transport:
   with httpx's transport) and no proxy from the environment is used: neurons are reached
   directly, where httpx's transport honours HTTP(S)_PROXY/NO_PROXY as httpx does.
 
+Inference streams (`NeuronClient.open_stream`) go through `make_streams`: over "aiohttp" a bare
+aiohttp session of their own (`AiohttpStreams`), without httpx's client layer, which costs
+~0.2 ms a request (bench/README.md); over "httpx", or with an explicit transport (tests), the
+same httpx client as every other call (`HttpxStreams`). Either returns an `UpstreamResponse`:
+the status, the headers, the body as it arrives (`aiter_raw`), all of it (`aread`), `aclose`.
+Closing a response before its end closes its connection (the neuron sees the client go); a
+response read to its end returns the connection to the pool.
+
 `UpstreamResponse` and `TransportError` name what `NeuronClient.open_stream` returns and what
 reading its body raises when the connection breaks, so that the relay need not import httpx.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Protocol
 
 import aiohttp
 import httpx
@@ -39,8 +48,32 @@ from httpx_aiohttp import AiohttpTransport
 from cortex.config import GatewayConfig
 
 Transport = httpx.AsyncBaseTransport
-UpstreamResponse = httpx.Response
 TransportError = httpx.TransportError
+
+
+class UpstreamResponse(Protocol):
+    """A neuron's streamed answer, whichever client carries it (see the module docstring)."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    def aiter_raw(self) -> AsyncIterator[bytes]: ...
+
+    async def aread(self) -> bytes: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Streams(Protocol):
+    """Sends one inference request and returns its answer once the head has arrived."""
+
+    async def send(self, url: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse: ...
+
+    async def aclose(self) -> None: ...
+
 
 LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=128)
 # A call's read timeout when it sets none (every NeuronClient call sets its own).
@@ -58,6 +91,103 @@ def make_http_client(
         limits=LIMITS,
         timeout=httpx.Timeout(DEFAULT_READ_S, connect=config.connect_timeout_s),
     )
+
+
+def make_streams(
+    config: GatewayConfig,
+    http: httpx.AsyncClient,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Streams:
+    """What inference streams go through: a bare aiohttp session when the configured transport
+    is aiohttp and none is given explicitly, else `http` itself."""
+    if transport is None and config.upstream_transport == "aiohttp":
+        return AiohttpStreams(LIMITS, config.connect_timeout_s)
+    return HttpxStreams(http)
+
+
+class HttpxStreams:
+    """Inference streams on the app's httpx client (no read timeout: the relay times the body)."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self.http = http
+
+    async def send(self, url: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
+        request = self.http.build_request(
+            "POST",
+            url,
+            content=body,
+            headers=headers,
+            timeout=httpx.Timeout(None, connect=self.http.timeout.connect),
+        )
+        return await self.http.send(request, stream=True)
+
+    async def aclose(self) -> None:
+        """Nothing of its own to close: the app closes the client."""
+
+
+class AiohttpStreams:
+    """Inference streams on a bare aiohttp session: connect bounded by `connect_s`, no total or
+    read timeout (the relay times the body); failures are raised as httpx's errors."""
+
+    def __init__(self, limits: httpx.Limits, connect_s: float) -> None:
+        self._limits = limits
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None:  # inside the running loop, on first use
+            connector = aiohttp.TCPConnector(
+                limit=self._limits.max_connections or 0,
+                keepalive_timeout=self._limits.keepalive_expiry,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=self._timeout,
+                auto_decompress=False,  # relayed as the neuron sent it
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def send(self, url: str, body: bytes, headers: dict[str, str]) -> UpstreamResponse:
+        with _httpx_errors():
+            response = await self._open().post(url, data=body, headers=headers)
+        return AiohttpResponse(response)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            with _httpx_errors():
+                await self._session.close()
+
+
+class AiohttpResponse:
+    """An aiohttp response as an `UpstreamResponse`; its failures are httpx's errors."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self._response = response
+
+    @property
+    def status_code(self) -> int:
+        return self._response.status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._response.headers
+
+    async def aiter_raw(self) -> AsyncIterator[bytes]:
+        with _httpx_errors():
+            async for chunk in self._response.content.iter_any():
+                yield chunk
+
+    async def aread(self) -> bytes:
+        with _httpx_errors():
+            return await self._response.read()
+
+    async def aclose(self) -> None:
+        if self._response.content.at_eof():
+            self._response.release()  # read to its end: the connection goes back to the pool
+        else:
+            self._response.close()  # cut short: close it, so the neuron sees the client go
 
 
 # Most specific first: the first class `exc` is an instance of decides.

@@ -20,7 +20,7 @@ from cortex.config import GatewayConfig, NeuronEndpoint, load_config
 from cortex.errors import NodeUnavailable, UpstreamTimeout
 from cortex.fleet.scheduler import Target
 from cortex.nodes.client import NeuronClient
-from cortex.nodes.transport import AiohttpUpstream, make_http_client
+from cortex.nodes.transport import AiohttpUpstream, make_http_client, make_streams
 from synapse.contract import Health
 from synapse.tomlconf import ConfigError
 
@@ -99,7 +99,13 @@ STREAM_HEAD = (
 def client_for(transport: str, port: int, connect_s: float = 0.5) -> NeuronClient:
     config = GatewayConfig(upstream_transport=transport, connect_timeout_s=connect_s)
     endpoint = NeuronEndpoint("n", f"http://127.0.0.1:{port}", "secret")
-    return NeuronClient(make_http_client(config), endpoint)
+    http = make_http_client(config)
+    return NeuronClient(http, endpoint, make_streams(config, http))
+
+
+async def close(client: NeuronClient) -> None:
+    await client.streams.aclose()
+    await client.http.aclose()
 
 
 def closed_port() -> int:
@@ -139,7 +145,7 @@ async def test_a_json_call_carries_the_token(server: Server, transport: str) -> 
         assert await client.health() == Health(uptime_s=5.0)
         assert await client.health() == Health(uptime_s=5.0)  # kept alive
     finally:
-        await client.http.aclose()
+        await close(client)
     assert [r.headers["authorization"] for r in server.seen] == ["Bearer secret"] * 2
 
 
@@ -178,7 +184,7 @@ async def test_a_stream_arrives_piece_by_piece_while_the_server_sends(
         assert finished.is_set() and not broken
         assert server.seen[0].body == b"{}"
     finally:
-        await client.http.aclose()
+        await close(client)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -200,7 +206,7 @@ async def test_closing_a_stream_early_closes_its_connection(server: Server, tran
         await exchange.close()
         await asyncio.wait_for(server.closed_by_client.wait(), 2)  # the neuron sees it go
     finally:
-        await client.http.aclose()
+        await close(client)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -217,7 +223,7 @@ async def test_a_refused_connection_is_node_unavailable_at_once(transport: str) 
             await client.open_stream("/v1/completions", b"{}", {}, loop.time() + 5)
         assert loop.time() - started < 1
     finally:
-        await client.http.aclose()
+        await close(client)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -257,7 +263,7 @@ async def test_a_stalled_read_times_out_as_today(server: Server, transport: str)
         await exchange.close()
         assert broken == ["timed out"]
     finally:
-        await client.http.aclose()
+        await close(client)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -274,7 +280,7 @@ async def test_a_malformed_answer_is_node_unavailable(server: Server, transport:
             await client.health()
         assert isinstance(raised.value.__cause__, httpx.TransportError)
     finally:
-        await client.http.aclose()
+        await close(client)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -299,7 +305,7 @@ async def test_a_body_cut_short_is_a_broken_relay(server: Server, transport: str
         assert isinstance(raised.value.__cause__, httpx.TransportError)
         assert len(broken) == 1
     finally:
-        await client.http.aclose()
+        await close(client)
 
 
 async def test_an_explicit_transport_wins_over_the_config() -> None:
