@@ -20,11 +20,11 @@ from sanic.exceptions import PayloadTooLarge, SanicException
 from sanic.response import HTTPResponse, json
 
 from cortex.api import admin, anthropic, openai, responses
-from cortex.api.proxy import Dispatcher
 from cortex.config import GatewayConfig
+from cortex.control.dispatcher import Dispatcher
+from cortex.control.registry import FleetRegistry
+from cortex.control.scheduler import Scheduler
 from cortex.errors import BodyTooLarge, CortexError, Forbidden, Unauthorized
-from cortex.fleet.registry import FleetRegistry
-from cortex.fleet.scheduler import Scheduler
 from cortex.fleet.state import NodeState
 from cortex.metrics import GatewayMetrics, log_access
 from cortex.nodes.client import NeuronClient

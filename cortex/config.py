@@ -15,6 +15,7 @@ import tomlkit
 
 from cortex.fleet.eviction import Strategy
 from cortex.fleet.state import CatalogueEntry, Offload
+from synapse.contract import ContractError
 from synapse.tomlconf import ConfigError, TomlTable, listen_address, non_negative, positive
 
 DEFAULT_CONFIG_PATH = Path("/etc/cortex/cortex.toml")
@@ -139,23 +140,26 @@ def load_models(
     root = TomlTable.load(path)
     models = []
     for table in root.tables("models"):
-        models.append(
-            CatalogueEntry(
-                id=table.get("id", str),
-                source=table.get("source", str, None),
-                n_ctx=table.get("n_ctx", int, None, positive),
-                pinned_on=tuple(table.strings("pinned_on")),
-                priority=table.get("priority", int, 0),
-                aliases=tuple(table.strings("aliases")),
-                vram_mb=table.get("vram_mb", float, None, positive),
-                max_output_tokens=table.get("max_output_tokens", int, None, positive),
-                temperature=table.get("temperature", float, None, _temperature),
-                embedding=table.get("embedding", bool, False),
-                offload=Offload(table.get("offload", str, "any", _offload)),
-                min_gpu_share=table.get("min_gpu_share", float, 0.0, _share),
-            )
+        entry = CatalogueEntry(
+            id=table.get("id", str),
+            source=table.get("source", str, None),
+            n_ctx=table.get("n_ctx", int, None, positive),
+            pinned_on=tuple(table.strings("pinned_on")),
+            priority=table.get("priority", int, 0),
+            aliases=tuple(table.strings("aliases")),
+            vram_mb=table.get("vram_mb", float, None, positive),
+            max_output_tokens=table.get("max_output_tokens", int, None, positive),
+            temperature=table.get("temperature", float, None, _temperature),
+            embedding=table.get("embedding", bool, False),
+            offload=Offload(table.get("offload", str, "any", _offload)),
+            min_gpu_share=table.get("min_gpu_share", float, 0.0, _share),
         )
         table.finish()
+        try:
+            entry.load_request()  # what a neuron will be sent must be a valid load body
+        except ContractError as exc:
+            raise table.error("id" if exc.path == "model" else exc.path, exc.problem) from None
+        models.append(entry)
     alias_table = root.table("aliases")
     aliases = {name: alias_table.get(name, str) for name in list(alias_table.data)}
     alias_table.finish()

@@ -33,8 +33,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cortex.control.registry import FleetRegistry
 from cortex.errors import CortexError
-from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.state import EventKind
 from cortex.stats import RollingStats, Sample
 from synapse.access import access_line

@@ -162,4 +162,4 @@ async def _preload(app: Sanic) -> None:
         try:
             await manager.load(spec)
         except NeuronError as exc:
-            log.error("preloading %s failed: %s", spec.id, exc.message)
+            log.error("preloading %s failed: %s", spec.model, exc.message)

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from synapse.contract import MAX_PARALLEL, ContractError, LoadRequest
 from synapse.tomlconf import (
     ConfigError,
     TomlTable,
@@ -26,26 +27,7 @@ DEFAULT_LISTEN = "0.0.0.0:13131"
 DEFAULT_N_CTX = 4096
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """A model to hold: served as `id`, weights from `source` (absent: the id is the source)."""
-
-    id: str
-    source: str | None = None
-    n_ctx: int | None = None
-    n_gpu_layers: int | None = None
-    min_gpu_layers: int | None = None  # refuse the load when fewer would fit in free VRAM
-    embedding: bool = False
-    parallel: int | None = None  # sequences decoded together; None = the neuron's default
-    chat_template: str | None = None  # Jinja text replacing the GGUF's own template
-
-    @property
-    def source_or_id(self) -> str:
-        return self.source or self.id
-
-
 DEFAULT_PARALLEL = 4
-MAX_PARALLEL = 64  # the engine keeps 2 × parallel KV sequences; llama.cpp allows 256
 
 
 @dataclass(frozen=True)
@@ -73,7 +55,7 @@ class NeuronConfig:
     vram_headroom_mb: int = 512
     default_n_ctx: int = DEFAULT_N_CTX
     n_threads: int | None = None
-    default_models: tuple[ModelSpec, ...] = ()
+    default_models: tuple[LoadRequest, ...] = ()
     admission: Admission = field(default_factory=Admission)
     parallel: int = DEFAULT_PARALLEL
     auth_token: str | None = None
@@ -153,29 +135,40 @@ def load_config(path: Path | None = None) -> NeuronConfig:
     return _with_env(config)
 
 
-def _model_specs(root: TomlTable) -> list[ModelSpec]:
-    """`default_models` entries: a string (id = source) or a table {id, source, n_ctx, ...}."""
+def _model_specs(root: TomlTable) -> list[LoadRequest]:
+    """`default_models` entries: a string (id = source) or a table {id, source, n_ctx, ...},
+    checked as the contract checks a `/models/load` body."""
     specs = []
     for index, item in enumerate(root.get("default_models", list, [])):
         if isinstance(item, str):
-            specs.append(ModelSpec(id=item))
-            continue
+            item = {"id": item}
         if not isinstance(item, dict):
             raise root.error("default_models", "entries must be strings or tables")
         entry = TomlTable(root.path, root.text, item, f"default_models[{index}]")
-        specs.append(
-            ModelSpec(
-                id=entry.get("id", str),
-                source=entry.get("source", str, None),
-                n_ctx=entry.get("n_ctx", int, None, positive),
-                n_gpu_layers=entry.get("n_gpu_layers", int, None),
-                min_gpu_layers=entry.get("min_gpu_layers", int, None, non_negative),
-                embedding=entry.get("embedding", bool, False),
-                parallel=entry.get("parallel", int, None, _parallel),
-                chat_template=entry.get("chat_template", str, None),
-            )
-        )
+        model = entry.get("id", str)
+        source = entry.get("source", str, None)
+        n_ctx = entry.get("n_ctx", int, None)
+        n_gpu_layers = entry.get("n_gpu_layers", int, None)
+        min_gpu_layers = entry.get("min_gpu_layers", int, None)
+        embedding = entry.get("embedding", bool, False)
+        parallel = entry.get("parallel", int, None)
+        chat_template = entry.get("chat_template", str, None)
         entry.finish()
+        try:
+            specs.append(
+                LoadRequest(
+                    model,
+                    source,
+                    n_ctx,
+                    n_gpu_layers,
+                    min_gpu_layers,
+                    embedding,
+                    parallel,
+                    chat_template,
+                )
+            )
+        except ContractError as exc:
+            raise entry.error("id" if exc.path == "model" else exc.path, exc.problem) from None
     return specs
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from neuron.admission import AdmissionGate
-from neuron.config import ModelSpec, NeuronConfig
+from neuron.config import NeuronConfig
 from neuron.engine import Engine
 from neuron.errors import (
     Conflict,
@@ -40,8 +40,16 @@ from neuron.gpu import GpuProbe
 from neuron.metrics import NeuronMetrics
 from neuron.offload import MemoryEstimate, OffloadPlan, estimate_memory, plan_offload
 from neuron.sources import ResolvedSource, resolve_source
+from synapse.contract import (
+    LoadRequest,
+    ModelHealth,
+    ModelInfo,
+    ModelState,
+    PlanAnswer,
+    Split,
+    to_json,
+)
 from synapse.contract import MemoryEstimate as ContractEstimate
-from synapse.contract import ModelHealth, ModelInfo, ModelState, PlanAnswer, Split, to_json
 
 log = logging.getLogger("neuron.manager")
 
@@ -89,7 +97,7 @@ class Placement:
 class Resident:
     """One model id held (or being loaded) by this neuron."""
 
-    spec: ModelSpec
+    spec: LoadRequest
     gate: AdmissionGate
     state: ModelState = ModelState.LOADING
     placement: Placement | None = None
@@ -111,7 +119,7 @@ class Resident:
         plan = placement.plan if placement else None
         estimate = placement.estimate if placement else None
         return ModelInfo(
-            id=self.spec.id,
+            id=self.spec.model,
             state=self.state,
             source=self.spec.source_or_id,
             path=str(placement.source.primary) if placement else None,
@@ -137,7 +145,7 @@ class Resident:
             else None
         )
         return ModelHealth(
-            id=self.spec.id,
+            id=self.spec.model,
             state=self.state,
             in_flight=self.gate.in_flight,
             queue_depth=self.gate.waiting,
@@ -174,7 +182,7 @@ def _host_share(estimate: MemoryEstimate | None, plan: OffloadPlan | None) -> fl
     return max(0.0, estimate.host_mb - sum(plan.device_mb.values()))
 
 
-EngineFactory = Callable[[ModelSpec, "Placement", OffloadPlan, int], Engine]
+EngineFactory = Callable[[LoadRequest, "Placement", OffloadPlan, int], Engine]
 
 
 class ModelManager:
@@ -244,31 +252,31 @@ class ModelManager:
 
     # -- load / unload -----------------------------------------------------------------------
 
-    async def load(self, spec: ModelSpec) -> Resident:
+    async def load(self, spec: LoadRequest) -> Resident:
         """Load `spec` once; concurrent and repeated calls for a loaded id return the same."""
         if self.draining:
             raise Draining("neuron is draining", retry_after=30)
-        resident = self.models.get(spec.id)
+        resident = self.models.get(spec.model)
         if resident is not None and resident.state is not ModelState.FAILED:
             if spec.source_or_id != resident.spec.source_or_id or (
                 (spec.embedding, spec.chat_template)
                 != (resident.spec.embedding, resident.spec.chat_template)
             ):
                 raise Conflict(
-                    f"model {spec.id!r} is {resident.state.value} from source "
+                    f"model {spec.model!r} is {resident.state.value} from source "
                     f"{resident.spec.source_or_id!r}; unload it first",
                     code="model_conflict",
                 )
             if resident.state is ModelState.UNLOADING:
-                raise Conflict(f"model {spec.id!r} is unloading", code="model_unloading")
+                raise Conflict(f"model {spec.model!r} is unloading", code="model_unloading")
             await asyncio.shield(resident.ready)
             return resident
-        on_wait = self.metrics.queue_wait.labels(spec.id).observe if self.metrics else None
+        on_wait = self.metrics.queue_wait.labels(spec.model).observe if self.metrics else None
         limits = self.config.admission
         if limits.max_in_flight is None:
             limits = replace(limits, max_in_flight=self._parallel(spec))
         resident = Resident(spec=spec, gate=AdmissionGate(limits, on_wait))
-        self.models[spec.id] = resident
+        self.models[spec.model] = resident
         try:
             await self._load(resident)
         except NeuronError as exc:
@@ -293,13 +301,13 @@ class ModelManager:
         resident.ready.exception()  # retrieved: joiners re-raise it, nobody else must
         failed = [r for r in self.models.values() if r.state is ModelState.FAILED]
         for old in failed[: max(0, len(failed) - FAILED_KEPT)]:
-            self.models.pop(old.spec.id, None)
+            self.models.pop(old.spec.model, None)
         loop = asyncio.get_running_loop()
         loop.call_later(FAILED_TTL_S, self._forget, resident)
 
     def _forget(self, resident: Resident) -> None:
-        if self.models.get(resident.spec.id) is resident and resident.state is ModelState.FAILED:
-            del self.models[resident.spec.id]
+        if self.models.get(resident.spec.model) is resident and resident.state is ModelState.FAILED:
+            del self.models[resident.spec.model]
 
     async def _load(self, resident: Resident) -> None:
         spec = resident.spec
@@ -315,23 +323,23 @@ class ModelManager:
             raise InsufficientVram(
                 f"only {plan.n_gpu_layers}/{all_layers} layers fit in free VRAM now, "
                 f"{min(spec.min_gpu_layers, all_layers)} required",
-                extra={"plan": to_json(placement.answer(spec.id))},
+                extra={"plan": to_json(placement.answer(spec.model))},
             )
         available = placement.host_available_mb
         host_need = _host_share(placement.estimate, plan)
         if available is not None and host_need > available:
             raise InsufficientMemory(
                 f"model needs {host_need:.0f} MiB of host memory, {available:.0f} MiB available",
-                extra={"plan": to_json(placement.answer(spec.id))},
+                extra={"plan": to_json(placement.answer(spec.model))},
             )
         resident.placement = replace(placement, plan=plan)
-        self.probe.reserve(spec.id, plan.device_mb)
+        self.probe.reserve(spec.model, plan.device_mb)
         engine = self.engine_factory(spec, placement, plan, self._parallel(spec))
         resident.engine = engine
         try:
             await engine.start()
         except BaseException:
-            self.probe.release(spec.id)
+            self.probe.release(spec.model)
             resident.engine = None
             await engine.close()
             raise
@@ -341,18 +349,18 @@ class ModelManager:
         resident.load_duration_s = round(time.monotonic() - started, 3)
         log.info(
             "loaded %s from %s in %.2fs (n_gpu_layers=%s, n_ctx=%d)",
-            spec.id,
+            spec.model,
             placement.source.primary.name,
             resident.load_duration_s,
             plan.n_gpu_layers,
             placement.n_ctx,
         )
 
-    def _parallel(self, spec: ModelSpec) -> int:
+    def _parallel(self, spec: LoadRequest) -> int:
         return spec.parallel or self.config.parallel
 
     def _llama_engine(
-        self, spec: ModelSpec, placement: Placement, plan: OffloadPlan, parallel: int
+        self, spec: LoadRequest, placement: Placement, plan: OffloadPlan, parallel: int
     ) -> Engine:
         from neuron.engine.llama import LlamaEngine, LlamaSettings
 
@@ -366,7 +374,7 @@ class ModelManager:
             embedding=spec.embedding,
             chat_template=spec.chat_template,
         )
-        return LlamaEngine(spec.id, settings)
+        return LlamaEngine(spec.model, settings)
 
     async def unload(self, model_id: str, *, force: bool = False) -> None:
         resident = self.models.get(model_id)
@@ -453,7 +461,7 @@ class ModelManager:
         return tuple(resident.health() for resident in self.models.values())
 
 
-def _capabilities(spec: ModelSpec, geometry: ModelGeometry) -> tuple[str, ...]:
+def _capabilities(spec: LoadRequest, geometry: ModelGeometry) -> tuple[str, ...]:
     if spec.embedding:
         return ("embedding",)
     caps = ["completion"]

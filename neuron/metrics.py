@@ -126,11 +126,11 @@ class _StateCollector(Collector):
             ),
         }
         for resident in self.manager.models.values():
-            model = [resident.spec.id]
+            model = [resident.spec.model]
             families["in_flight"].add_metric(model, resident.gate.in_flight)
             families["queue"].add_metric(model, resident.gate.waiting)
             families["rejected"].add_metric(model, resident.gate.rejected)
-            families["state"].add_metric([resident.spec.id, resident.state.value], 1)
+            families["state"].add_metric([resident.spec.model, resident.state.value], 1)
             if resident.tok_s_decode is not None:
                 families["tok_s"].add_metric(model, resident.tok_s_decode)
             if resident.load_duration_s is not None:

@@ -1,19 +1,23 @@
-"""The neuron ⇄ cortex contract: the JSON each neuron route answers, as typed values.
+"""The neuron ⇄ cortex contract: the JSON of each neuron lifecycle route, as typed values.
 
-The neuron builds these values and renders them with `to_json`; cortex reads every answer with
-`parse(Type, json)` and gets the same values back, or one `ContractError` naming the first field
-that is off the contract (cortex then counts that neuron as unreachable). Field names are the
-JSON keys; sizes are MiB, times UNIX seconds, durations seconds.
+Answers: the neuron builds these values and renders them with `to_json`; cortex reads every
+answer with `parse(Type, json)` and gets the same values back, or one `ContractError` naming the
+first field that is off the contract (cortex then counts that neuron as unreachable). Request
+bodies go the other way: cortex renders a `LoadRequest`, `PlanRequest` or `UnloadRequest`, the
+neuron parses it, and a `ContractError` there is the caller's 400 naming the field. A request
+value also checks its own bounds when it is made (`n_ctx` ≥ 16, `parallel` ≤ `MAX_PARALLEL`…), so
+the neuron's config (`default_models`) and its HTTP API accept exactly the same models. Field
+names are the JSON keys; sizes are MiB, times UNIX seconds, durations seconds.
 
-| route | answer |
-|---|---|
-| `GET /discovery` | `Discovery` |
-| `GET /health` | `Health` |
-| `GET /models` | a list of `ModelInfo` |
-| `POST /models/plan` | `PlanAnswer` |
-| `POST /models/load` | `ModelInfo` of the loaded model |
-| `POST /models/unload` | `Unloaded` |
-| `POST /tokenize` | `TokenCount` |
+| route | body | answer |
+|---|---|---|
+| `GET /discovery` | | `Discovery` |
+| `GET /health` | | `Health` |
+| `GET /models` | | a list of `ModelInfo` |
+| `POST /models/plan` | `PlanRequest` | `PlanAnswer` |
+| `POST /models/load` | `LoadRequest` | `ModelInfo` of the loaded model |
+| `POST /models/unload` | `UnloadRequest` | `Unloaded` |
+| `POST /tokenize` | an OpenAI chat or completion body | `TokenCount` |
 
 Parsing rules (`parse`): a field without a default must be present; `None` is accepted only
 where the type allows it; an enum field takes one of its values; an `int` is accepted where a
@@ -35,18 +39,22 @@ from enum import Enum, StrEnum
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
 __all__ = [
+    "MAX_PARALLEL",
     "ContractError",
     "DeviceInfo",
     "DeviceStatus",
     "Discovery",
     "Health",
+    "LoadRequest",
     "MemoryEstimate",
     "ModelHealth",
     "ModelInfo",
     "ModelState",
     "PlanAnswer",
+    "PlanRequest",
     "Split",
     "TokenCount",
+    "UnloadRequest",
     "Unloaded",
     "parse",
     "to_json",
@@ -236,6 +244,95 @@ class TokenCount:
     count: int
 
 
+# -- request bodies ----------------------------------------------------------------------------
+
+MAX_PARALLEL = 64  # the engine keeps 2 × parallel KV sequences; llama.cpp allows 256
+MIN_N_CTX = 16
+MAX_ID_CHARS = 256
+
+
+def _check_id(model: str) -> None:
+    # Ids become metric labels and log fields: control characters and lone surrogates (which
+    # no UTF-8 encoder accepts) are refused here rather than failing /metrics later.
+    if not model or len(model) > MAX_ID_CHARS or not model.isprintable():
+        raise ContractError("model", f"must be printable text of 1 to {MAX_ID_CHARS} characters")
+
+
+def _check_text(name: str, value: str | None) -> None:
+    if value is not None and not value:
+        raise ContractError(name, "must be a non-empty string")
+
+
+def _check_range(name: str, value: int | None, low: int, high: int | None = None) -> None:
+    if value is not None and (value < low or (high is not None and value > high)):
+        bound = f"from {low} to {high}" if high is not None else f"≥ {low}"
+        raise ContractError(name, f"must be an integer {bound}")
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """`/models/plan`'s body: how would `model` (weights from `source`, else the id) load with
+    this context and `parallel` sequences (None: the neuron's defaults)."""
+
+    model: str
+    source: str | None = None
+    n_ctx: int | None = None
+    parallel: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_id(self.model)
+        _check_text("source", self.source)
+        _check_range("n_ctx", self.n_ctx, MIN_N_CTX)
+        _check_range("parallel", self.parallel, 1, MAX_PARALLEL)
+
+    @property
+    def source_or_id(self) -> str:
+        return self.source or self.model
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """`/models/load`'s body, and a `default_models` entry of neuron.toml: serve `model` from
+    `source` (absent: the id is the source). `n_gpu_layers` overrides the offload plan (-1: all);
+    with `min_gpu_layers` the neuron refuses (507) when fewer layers fit its free VRAM;
+    `parallel` is how many sequences decode together (None: the neuron's default);
+    `chat_template` is Jinja text replacing the GGUF's own."""
+
+    model: str
+    source: str | None = None
+    n_ctx: int | None = None
+    n_gpu_layers: int | None = None
+    min_gpu_layers: int | None = None
+    embedding: bool = False
+    parallel: int | None = None
+    chat_template: str | None = None
+
+    def __post_init__(self) -> None:
+        PlanRequest(self.model, self.source, self.n_ctx, self.parallel)  # the shared checks
+        _check_range("n_gpu_layers", self.n_gpu_layers, -1)
+        _check_range("min_gpu_layers", self.min_gpu_layers, 0, 100_000)
+        _check_text("chat_template", self.chat_template)
+
+    @property
+    def source_or_id(self) -> str:
+        return self.source or self.model
+
+    def plan_request(self) -> PlanRequest:
+        return PlanRequest(self.model, self.source, self.n_ctx, self.parallel)
+
+
+@dataclass(frozen=True)
+class UnloadRequest:
+    """`/models/unload`'s body: `force` fails the model's requests in flight instead of
+    refusing (409 `model_busy`) while there are any."""
+
+    model: str
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        _check_text("model", self.model)
+
+
 # -- rendering and parsing --------------------------------------------------------------------
 
 
@@ -294,7 +391,11 @@ def _parse(kind: Any, data: Any, path: str) -> Any:
                 values[f.name] = _parse(hints[f.name], data[f.name], where)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ContractError(where, "is missing")
-        return kind(**values)
+        try:
+            return kind(**values)
+        except ContractError as exc:  # a request value's own checks
+            where = f"{path}.{exc.path}" if path else exc.path
+            raise ContractError(where, exc.problem) from None
     if origin is tuple:
         if not isinstance(data, list):
             raise ContractError(path, f"expected a list, got {_name(data)}")

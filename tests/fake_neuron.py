@@ -22,10 +22,10 @@ from typing import Any
 
 import httpx
 
-from cortex.api.proxy import Dispatcher
 from cortex.config import GatewayConfig, NeuronEndpoint
-from cortex.fleet.registry import FleetRegistry
-from cortex.fleet.scheduler import Scheduler
+from cortex.control.dispatcher import Dispatcher
+from cortex.control.registry import FleetRegistry
+from cortex.control.scheduler import Scheduler
 from cortex.fleet.state import CatalogueEntry, NodeState
 from cortex.nodes.client import NeuronClient
 from cortex.nodes.poller import Poller

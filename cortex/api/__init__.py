@@ -1,4 +1,4 @@
-"""The gateway's HTTP routes (OpenAI, Anthropic, Responses, admin) and what they share: body
-validation, the dispatcher that gets a request onto a neuron (`proxy`), and SSE encoding and
-relay. Translation lives in `cortex.dialects`, routing and placement in `cortex.fleet`.
+"""The gateway's HTTP edge (OpenAI, Anthropic, Responses, admin): parse and validate a body,
+hand it to `cortex.control`'s dispatcher, relay the answer (`sse`). Translation lives in
+`cortex.dialects`, routing and placement in `cortex.fleet`.
 """

@@ -15,9 +15,9 @@ from sanic.response import HTTPResponse, json
 
 from cortex.api import validation
 from cortex.config import set_pinned
+from cortex.control.registry import FleetRegistry
+from cortex.control.scheduler import Scheduler
 from cortex.errors import InvalidRequest, ModelNotFound, NotFound
-from cortex.fleet.registry import FleetRegistry
-from cortex.fleet.scheduler import Scheduler
 from cortex.fleet.state import EventKind, FleetSnapshot, NodeState
 
 bp = Blueprint("admin")

@@ -22,14 +22,14 @@ from sanic.response import json as json_response
 
 from cortex.api import sse, validation
 from cortex.api.openai import observe
-from cortex.api.proxy import Dispatcher
+from cortex.control.dispatcher import Dispatcher
+from cortex.control.scheduler import Target
 from cortex.dialects.anthropic import (
     StreamTranslator,
     ping,
     to_anthropic_response,
 )
 from cortex.errors import CortexError
-from cortex.fleet.scheduler import Target
 from cortex.metrics import RequestObserver
 
 bp = Blueprint("anthropic", url_prefix="/v1")

@@ -20,7 +20,7 @@ from sanic.response import HTTPResponse, raw
 from sanic.response import json as json_response
 
 from cortex.api import sse, validation
-from cortex.api.proxy import Dispatcher
+from cortex.control.dispatcher import Dispatcher
 from cortex.errors import CortexError, ModelNotFound
 from cortex.fleet.affinity import affinity_key, explicit_key
 from cortex.fleet.catalogue import catalogue_view, model_ids, model_view

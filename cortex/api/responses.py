@@ -21,7 +21,7 @@ from sanic.response import json as json_response
 
 from cortex.api import sse, validation
 from cortex.api.openai import observe
-from cortex.api.proxy import Dispatcher
+from cortex.control.dispatcher import Dispatcher
 from cortex.dialects.responses import ResponsesRequest, ResponsesStream, to_response
 from cortex.errors import CortexError
 from cortex.fleet.affinity import affinity_key

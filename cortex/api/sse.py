@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 from sanic import Request
 from sanic.response import HTTPResponse
 
-from cortex.api.proxy import Dispatcher, Exchange
+from cortex.control.dispatcher import Dispatcher, Exchange
 from cortex.errors import CortexError
 from cortex.metrics import RequestObserver
 

@@ -1,4 +1,4 @@
-"""The fleet and its decisions: frozen state (`state`); pure decision modules with no I/O,
-logging or clock (`routing`, `eviction`, `catalogue`); the mutable `registry` holding the live
-state; and the `scheduler`, which alone carries decisions out against the neurons.
+"""The fleet's pure core: frozen state (`state`) and the decisions made on it (`routing`,
+`affinity`, `eviction`, `catalogue`). Nothing here does I/O, logs or reads a clock; the
+effects that carry these decisions out live in `cortex.control` and `cortex.nodes`.
 """

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from fnmatch import fnmatchcase
 
-from synapse.contract import ModelState
+from synapse.contract import LoadRequest, ModelState
 
 # A slot's state is the neuron's own (`ModelState`); the short names read better in decisions.
 READY = ModelState.READY
@@ -186,6 +186,18 @@ class CatalogueEntry:
     @property
     def source_or_id(self) -> str:
         return self.source or self.id
+
+    def load_request(self, min_gpu_layers: int | None = None) -> LoadRequest:
+        """The neuron's `/models/load` body for this entry (`.plan_request()`: its plan body).
+        Raises `ContractError` for an entry no neuron would accept (the config loader asks
+        once, so a loaded catalogue never does)."""
+        return LoadRequest(
+            self.id,
+            self.source_or_id,
+            self.n_ctx,
+            min_gpu_layers=min_gpu_layers,
+            embedding=self.embedding,
+        )
 
 
 @dataclass(frozen=True)

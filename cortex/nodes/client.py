@@ -33,11 +33,14 @@ from synapse.contract import (
     ContractError,
     Discovery,
     Health,
+    LoadRequest,
     ModelInfo,
     PlanAnswer,
+    PlanRequest,
     TokenCount,
     Unloaded,
     parse,
+    to_json,
 )
 
 T = TypeVar("T")
@@ -107,28 +110,14 @@ class NeuronClient:
     async def models(self) -> tuple[ModelInfo, ...]:
         return self._parsed(tuple[ModelInfo, ...], await self._request("GET", "/models"), "/models")
 
-    async def plan(self, model: str, source: str | None, n_ctx: int | None) -> PlanAnswer:
-        answer = await self._request("POST", "/models/plan", _load_body(model, source, n_ctx))
+    async def plan(self, asked: PlanRequest) -> PlanAnswer:
+        answer = await self._request("POST", "/models/plan", to_json(asked))
         return self._parsed(PlanAnswer, answer, "/models/plan")
 
-    async def load(
-        self,
-        model: str,
-        source: str | None,
-        n_ctx: int | None,
-        *,
-        embedding: bool = False,
-        min_gpu_layers: int | None = None,
-        timeout_s: float,
-    ) -> ModelInfo:
-        """Load `model` from `source`; with `min_gpu_layers` the neuron refuses (507
-        `insufficient_vram`) when fewer layers fit its free VRAM at that moment."""
-        body = _load_body(model, source, n_ctx)
-        if embedding:
-            body["embedding"] = True
-        if min_gpu_layers is not None:
-            body["min_gpu_layers"] = min_gpu_layers
-        answer = await self._request("POST", "/models/load", body, timeout_s)
+    async def load(self, asked: LoadRequest, *, timeout_s: float) -> ModelInfo:
+        """Load a model; with `min_gpu_layers` the neuron refuses (507 `insufficient_vram`)
+        when fewer layers fit its free VRAM at that moment."""
+        answer = await self._request("POST", "/models/load", to_json(asked), timeout_s)
         return self._parsed(ModelInfo, answer, "/models/load")
 
     async def unload(self, model: str, *, force: bool = False) -> Unloaded:
@@ -178,15 +167,6 @@ class NeuronClient:
                 await response.aclose()
             raise _upstream_error(response.status_code, content, response.headers)
         return response
-
-
-def _load_body(model: str, source: str | None, n_ctx: int | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": model}
-    if source:
-        body["source"] = source
-    if n_ctx:
-        body["n_ctx"] = n_ctx
-    return body
 
 
 def _upstream_error(status: int, content: bytes, headers: Mapping[str, str]) -> UpstreamError:

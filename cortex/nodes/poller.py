@@ -15,8 +15,8 @@ import asyncio
 import contextlib
 import logging
 
+from cortex.control.registry import FleetRegistry
 from cortex.errors import CortexError
-from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.state import EventKind, GpuState, ModelSlot, NodeState
 from cortex.nodes.client import NeuronClient
 from synapse.contract import Discovery, Health, ModelInfo

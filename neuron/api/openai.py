@@ -75,7 +75,7 @@ def _manager(request: Request) -> ModelManager:
 async def list_models(request: Request) -> HTTPResponse:
     data = [
         {
-            "id": resident.spec.id,
+            "id": resident.spec.model,
             "object": "model",
             "created": int(resident.loaded_at or 0),
             "owned_by": "neuron",
@@ -216,7 +216,7 @@ async def _count(counter: Tokenizer, prompt: str | None, req: GenerationRequest 
 
 def _engine(resident: Resident) -> Engine:
     if resident.engine is None or resident.engine.info is None:
-        raise ModelUnavailable(f"model {resident.spec.id!r} is not ready", retry_after=5)
+        raise ModelUnavailable(f"model {resident.spec.model!r} is not ready", retry_after=5)
     return resident.engine
 
 
@@ -363,7 +363,7 @@ def _record(request: Request, resident: Resident, finished: Finished) -> None:
     metrics = request.app.ctx.metrics
     usage = finished.usage
     request.ctx.usage = usage
-    model = resident.spec.id
+    model = resident.spec.model
     metrics.prompt_tokens.labels(model).inc(usage.prompt_tokens)
     metrics.completion_tokens.labels(model).inc(usage.completion_tokens)
     metrics.cached_tokens.labels(model).inc(usage.cached_tokens)

@@ -98,6 +98,8 @@ def test_good_config_loads(tmp_path: Path) -> None:
             7,
         ),
         (GOOD, MODELS.replace("n_ctx = 8192", "n_ctx = true"), "models[0].n_ctx", 6),
+        # The contract's bounds on a load body (what the neuron would refuse) apply here too.
+        (GOOD, MODELS.replace("n_ctx = 8192", "n_ctx = 8"), "models[0].n_ctx", 6),
         (GOOD, MODELS.replace('"cheap" = "small"', '"cheap" = "nothing"'), "aliases.cheap", None),
         (GOOD, MODELS.replace('id = "small"', 'id = "coder"'), "models", None),
         (
@@ -148,11 +150,15 @@ def test_neuron_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     )
     config = load_neuron_config(path)
     assert config.port == 9000 and config.model_dirs == (Path("/srv/models"),)
-    assert [m.id for m in config.default_models] == ["a", "b"]
+    assert [m.model for m in config.default_models] == ["a", "b"]
     assert config.default_models[1].n_ctx == 2048
     assert config.admission.max_queue_depth == 3 and config.auth_token == "file-token"
     monkeypatch.setenv("NEURON_TOKEN", "env-token")
     assert load_neuron_config(path).auth_token == "env-token"
+    path.write_text('default_models = [{ id = "b", parallel = 65 }]\n')
+    with pytest.raises(ConfigError) as info:
+        load_neuron_config(path)
+    assert info.value.key == "default_models[0].parallel"  # the load API's own bound
     path.write_text("[admission]\nmax_in_flight = 0\n")
     with pytest.raises(ConfigError) as info:
         load_neuron_config(path)

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from neuron.config import ModelSpec, NeuronConfig
+from cortex.fleet.state import CatalogueEntry
+from neuron.config import NeuronConfig
 from neuron.engine.fake import FakeEngine
 from neuron.gpu import FakeProbe
 from neuron.manager import ModelManager
@@ -19,13 +20,16 @@ from synapse.contract import (
     DeviceStatus,
     Discovery,
     Health,
+    LoadRequest,
     MemoryEstimate,
     ModelHealth,
     ModelInfo,
     PlanAnswer,
+    PlanRequest,
     Split,
     TokenCount,
     Unloaded,
+    UnloadRequest,
     parse,
     to_json,
 )
@@ -43,6 +47,9 @@ VALUES = [
     PlanAnswer("m", ESTIMATE, Split(8, False, (1.0, 2.0), {"0": 150.0}), 150.0, n_layers=30),
     Unloaded("m"),
     TokenCount("m", 42),
+    LoadRequest("m", "org/repo:Q4_K_M", 2048, n_gpu_layers=-1, embedding=True, parallel=2),
+    PlanRequest("m", n_ctx=16),
+    UnloadRequest("m", force=True),
 ]
 
 
@@ -56,12 +63,12 @@ async def test_what_the_neuron_renders_is_what_the_gateway_parses(smollm_path: P
         NeuronConfig(model_dirs=(smollm_path.parent,), parallel=2),
         FakeProbe({0: 200}),
         gpu_offload=False,
-        engine_factory=lambda spec, placement, plan, parallel: FakeEngine(spec.id),
+        engine_factory=lambda spec, placement, plan, parallel: FakeEngine(spec.model),
     )
     placement = await models.placement(str(smollm_path), 1024)
     plan = placement.answer("smol", None)
     assert parse(PlanAnswer, to_json(plan)) == plan
-    resident = await models.load(ModelSpec(id="smol", source=str(smollm_path), n_ctx=1024))
+    resident = await models.load(LoadRequest(model="smol", source=str(smollm_path), n_ctx=1024))
     for value in (resident.describe(), resident.health()):
         assert parse(type(value), to_json(value)) == value
 
@@ -129,3 +136,51 @@ def test_unknown_keys_are_ignored_and_missing_optional_ones_default() -> None:
 def test_both_programs_write_access_lines_the_same_way() -> None:
     line = access_line("POST", "/v1/chat/completions", model="m", status=200, client_gone=False)
     assert line == "POST /v1/chat/completions model=m status=200 client_gone=no"
+
+
+BAD_BODIES = [
+    # type, body, the field the 400 names
+    (LoadRequest, {}, "model"),
+    (LoadRequest, {"model": ""}, "model"),
+    (LoadRequest, {"model": "x" * 257}, "model"),
+    (
+        LoadRequest,
+        {"model": "a\ud800b"},
+        "model",
+    ),  # a lone surrogate: no metric label could hold it
+    (LoadRequest, {"model": "a\nb"}, "model"),
+    (LoadRequest, {"model": "m", "source": ""}, "source"),
+    (LoadRequest, {"model": "m", "n_ctx": 15}, "n_ctx"),
+    (LoadRequest, {"model": "m", "n_ctx": "4096"}, "n_ctx"),
+    (LoadRequest, {"model": "m", "n_gpu_layers": -2}, "n_gpu_layers"),
+    (LoadRequest, {"model": "m", "min_gpu_layers": 100_001}, "min_gpu_layers"),
+    (LoadRequest, {"model": "m", "embedding": 1}, "embedding"),
+    (LoadRequest, {"model": "m", "parallel": 0}, "parallel"),
+    (LoadRequest, {"model": "m", "parallel": 65}, "parallel"),
+    (LoadRequest, {"model": "m", "chat_template": ""}, "chat_template"),
+    (PlanRequest, {"model": "m", "parallel": True}, "parallel"),
+    (UnloadRequest, {"model": "m", "force": "yes"}, "force"),
+    (UnloadRequest, {"model": None}, "model"),
+]
+
+
+@pytest.mark.parametrize(("kind", "body", "where"), BAD_BODIES)
+def test_a_request_body_off_the_contract_names_its_field(kind: type, body: Any, where: str) -> None:
+    with pytest.raises(ContractError) as error:
+        parse(kind, body)
+    assert error.value.path == where
+
+
+def test_the_load_body_cortex_sends_is_the_one_the_neuron_reads() -> None:
+    entry = CatalogueEntry("coder", source="org/repo:Q4_K_M", n_ctx=8192, embedding=True)
+    sent = entry.load_request(min_gpu_layers=12)
+    assert parse(LoadRequest, to_json(sent)) == sent
+    assert (sent.model, sent.source, sent.n_ctx, sent.min_gpu_layers) == (
+        "coder",
+        "org/repo:Q4_K_M",
+        8192,
+        12,
+    )
+    assert sent.plan_request() == PlanRequest("coder", "org/repo:Q4_K_M", 8192)
+    # An entry without a source is loaded from its id.
+    assert CatalogueEntry("smol").load_request().source == "smol"

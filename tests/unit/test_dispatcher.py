@@ -22,8 +22,10 @@ from typing import Any
 import httpx
 import pytest
 
-from cortex.api.proxy import Dispatcher
 from cortex.config import GatewayConfig, NeuronEndpoint
+from cortex.control.dispatcher import Dispatcher
+from cortex.control.registry import FleetRegistry
+from cortex.control.scheduler import Scheduler
 from cortex.errors import (
     Conflict,
     LoadTimeout,
@@ -32,8 +34,6 @@ from cortex.errors import (
     NodeUnavailable,
     UpstreamError,
 )
-from cortex.fleet.registry import FleetRegistry
-from cortex.fleet.scheduler import Scheduler
 from cortex.fleet.state import CatalogueEntry, NodeState
 from cortex.nodes.client import NeuronClient
 from cortex.nodes.poller import Poller

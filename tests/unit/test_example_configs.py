@@ -19,8 +19,9 @@ import pytest
 from cortex.config import GatewayConfig, NeuronEndpoint, load_config, load_models
 from cortex.fleet.eviction import Strategy
 from cortex.fleet.state import CatalogueEntry, Offload
-from neuron.config import Admission, ModelSpec, NeuronConfig
+from neuron.config import Admission, NeuronConfig
 from neuron.config import load_config as load_neuron_config
+from synapse.contract import LoadRequest
 from synapse.tomlconf import TomlTable
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -114,9 +115,9 @@ def test_disabled_settings_load_when_switched_on(tmp_path: Path) -> None:
     neuron = load_neuron_config(install_neuron(tmp_path / "neuron", enable_all=True))
     assert neuron.hf_cache == Path("/var/lib/neuron/hf/hub")
     assert neuron.default_models == (
-        ModelSpec(id="Qwen2.5-0.5B-Instruct-Q4_K_M"),
-        ModelSpec(
-            id="qwen2.5-coder-7b",
+        LoadRequest(model="Qwen2.5-0.5B-Instruct-Q4_K_M"),
+        LoadRequest(
+            model="qwen2.5-coder-7b",
             source="bartowski/Qwen2.5-Coder-7B-Instruct-GGUF:Q4_K_M",
             n_ctx=16384,
             n_gpu_layers=-1,
@@ -177,11 +178,12 @@ NOT_KEYS = {
     "aliases": "aliases",
     "auth_token": "auth.token",
     "auth_inference": "auth.inference",
+    "model": "default_models[].id",  # a LoadRequest is served as its TOML `id`
 }
 
 
 @pytest.mark.parametrize(
-    "cls", [GatewayConfig, NeuronEndpoint, CatalogueEntry, NeuronConfig, Admission, ModelSpec]
+    "cls", [GatewayConfig, NeuronEndpoint, CatalogueEntry, NeuronConfig, Admission, LoadRequest]
 )
 def test_every_config_field_is_read_by_a_loader(
     cls: type, monkeypatch: pytest.MonkeyPatch, tmp_path: Path

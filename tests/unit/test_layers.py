@@ -25,10 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 PURE = (
-    "cortex/fleet/routing.py",
-    "cortex/fleet/eviction.py",
-    "cortex/fleet/state.py",
-    "cortex/fleet/catalogue.py",
+    "cortex/fleet/",
     "cortex/dialects/",
     "cortex/top/view.py",
     "cortex/top/panels.py",
@@ -42,7 +39,6 @@ PURE = (
     "neuron/offload.py",
     "neuron/geometry.py",
     "neuron/api/schema.py",
-    "cortex/fleet/affinity.py",
     "synapse/contract.py",
     "synapse/access.py",
 )

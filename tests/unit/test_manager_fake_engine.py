@@ -7,20 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from neuron.config import Admission, ModelSpec, NeuronConfig
+from neuron.config import Admission, NeuronConfig
 from neuron.engine import Finished, GenerateRequest, Piece
 from neuron.engine.fake import FakeEngine
 from neuron.errors import Conflict, InsufficientVram, RateLimited
 from neuron.gpu import FakeProbe, NoGpuProbe
 from neuron.manager import ModelManager, ModelState
-from synapse.contract import to_json
+from synapse.contract import LoadRequest, to_json
 
 
 def manager(engines: list[FakeEngine], model_dir: Path, **admission: float) -> ModelManager:
     config = NeuronConfig(model_dirs=(model_dir,), admission=Admission(**admission), parallel=2)
 
     def factory(spec, placement, plan, parallel) -> FakeEngine:
-        engine = FakeEngine(spec.id, parallel=parallel, step_s=0.01)
+        engine = FakeEngine(spec.model, parallel=parallel, step_s=0.01)
         engines.append(engine)
         return engine
 
@@ -42,7 +42,7 @@ async def collect(engine: FakeEngine, prompt: str) -> tuple[str, Finished]:
 async def test_concurrent_loads_build_one_engine(smollm_path: Path) -> None:
     engines: list[FakeEngine] = []
     models = manager(engines, smollm_path.parent)
-    spec = ModelSpec(id="smol", source=str(smollm_path))
+    spec = LoadRequest(model="smol", source=str(smollm_path))
     first, second = await asyncio.gather(models.load(spec), models.load(spec))
     assert first is second and len(engines) == 1
     assert first.state is ModelState.READY and first.gate.limits.max_in_flight == 2
@@ -53,7 +53,7 @@ async def test_concurrent_loads_build_one_engine(smollm_path: Path) -> None:
 async def test_queue_limits_and_busy_unload(smollm_path: Path) -> None:
     engines: list[FakeEngine] = []
     models = manager(engines, smollm_path.parent, max_queue_depth=1, max_wait_s=5)
-    resident = await models.load(ModelSpec(id="smol", source=str(smollm_path)))
+    resident = await models.load(LoadRequest(model="smol", source=str(smollm_path)))
     engine = engines[0]
     release = asyncio.Event()
 
@@ -97,7 +97,7 @@ async def test_fake_engine_runs_at_most_parallel_generations() -> None:
 async def test_forced_unload_cancels_generations(smollm_path: Path) -> None:
     engines: list[FakeEngine] = []
     models = manager(engines, smollm_path.parent)
-    await models.load(ModelSpec(id="smol", source=str(smollm_path)))
+    await models.load(LoadRequest(model="smol", source=str(smollm_path)))
     engine = engines[0]
     engine._reply = lambda prompt: " ".join(["word"] * 500)  # a long answer
 
@@ -117,7 +117,7 @@ async def test_concurrent_unloads_of_one_model_both_succeed(smollm_path: Path) -
     which reached clients; unloading is idempotent while it is in progress."""
     engines: list[FakeEngine] = []
     models = manager(engines, smollm_path.parent)
-    await models.load(ModelSpec(id="smol", source=str(smollm_path)))
+    await models.load(LoadRequest(model="smol", source=str(smollm_path)))
     await asyncio.gather(models.unload("smol"), models.unload("smol"))
     assert "smol" not in models.models
 
@@ -133,7 +133,7 @@ async def test_plan_reports_capacity_and_host_and_min_gpu_layers_is_kept(
         config,
         probe,
         gpu_offload=False,
-        engine_factory=lambda spec, placement, plan, parallel: FakeEngine(spec.id),
+        engine_factory=lambda spec, placement, plan, parallel: FakeEngine(spec.model),
     )
     placement = await models.placement(str(smollm_path), 1024)
     answer = to_json(placement.answer("smol"))
@@ -145,15 +145,17 @@ async def test_plan_reports_capacity_and_host_and_min_gpu_layers_is_kept(
 
     with pytest.raises(InsufficientVram) as refused:
         await models.load(
-            ModelSpec(id="smol", source=str(smollm_path), n_ctx=1024, min_gpu_layers=everything)
+            LoadRequest(
+                model="smol", source=str(smollm_path), n_ctx=1024, min_gpu_layers=everything
+            )
         )
     assert refused.value.status == 507 and refused.value.code == "insufficient_vram"
     assert f"{split['n_gpu_layers']}/{everything} layers" in refused.value.message
     assert probe.status()[0].vram_free_mb == 200  # nothing reserved for the refused load
 
     resident = await models.load(
-        ModelSpec(
-            id="smol2", source=str(smollm_path), n_ctx=1024, min_gpu_layers=split["n_gpu_layers"]
+        LoadRequest(
+            model="smol2", source=str(smollm_path), n_ctx=1024, min_gpu_layers=split["n_gpu_layers"]
         )
     )
     assert resident.describe().n_gpu_layers == split["n_gpu_layers"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import generate_latest
 
-from cortex.fleet.registry import FleetRegistry
+from cortex.control.registry import FleetRegistry
 from cortex.fleet.state import CatalogueEntry, ModelSlot, NodeState
 from cortex.metrics import MAX_LABEL, GatewayMetrics, RequestObserver, label
 

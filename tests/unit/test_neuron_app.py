@@ -28,7 +28,7 @@ ENGINES: list[FakeEngine] = []
 
 
 def fake_engine(spec: Any, placement: Any, plan: Any, parallel: int) -> FakeEngine:
-    engine = FakeEngine(spec.id, parallel=parallel, step_s=0.02)
+    engine = FakeEngine(spec.model, parallel=parallel, step_s=0.02)
     ENGINES.append(engine)
     return engine
 

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from cortex.control import scheduler as scheduler_module
 from cortex.errors import NoCapacity
-from cortex.fleet import scheduler as scheduler_module
 from cortex.fleet.state import CatalogueEntry
 from tests.fake_neuron import FakeNeuron, Fleet
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from cortex.api.proxy import Exchange
 from cortex.config import GatewayConfig, NeuronEndpoint, load_config
+from cortex.control.dispatcher import Exchange
+from cortex.control.scheduler import Target
 from cortex.errors import NodeUnavailable, UpstreamTimeout
-from cortex.fleet.scheduler import Target
 from cortex.nodes.client import NeuronClient
 from cortex.nodes.transport import AiohttpUpstream, make_http_client, make_streams
 from synapse.contract import Health

@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cortex.config import GatewayConfig
+from cortex.control.registry import FleetRegistry
+from cortex.control.scheduler import Scheduler, Target
 from cortex.dialects.openai import with_model_defaults
 from cortex.errors import (
     CortexError,
@@ -45,9 +47,7 @@ from cortex.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.routing import RETRY_AFTER_S
-from cortex.fleet.scheduler import Scheduler, Target
 from cortex.nodes.client import NeuronClient
 from cortex.nodes.poller import Poller
 from cortex.nodes.transport import TransportError, UpstreamResponse

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cortex.config import GatewayConfig
+from cortex.control.registry import FleetRegistry
 from cortex.errors import (
     Conflict,
     CortexError,
@@ -34,7 +35,6 @@ from cortex.errors import (
     UpstreamError,
 )
 from cortex.fleet.eviction import Reason, Victim, defrag_due, evictable, idle_unloads
-from cortex.fleet.registry import FleetRegistry
 from cortex.fleet.routing import (
     RETRY_AFTER_S,
     AwaitLoad,
@@ -258,7 +258,7 @@ class Scheduler:
 
         async def one(name: str) -> NodePlan | None:
             try:
-                answer = await self.clients[name].plan(entry.id, entry.source_or_id, entry.n_ctx)
+                answer = await self.clients[name].plan(entry.load_request().plan_request())
             except CortexError as exc:
                 log.warning("plan for %s on %s failed: %s", entry.id, name, exc.message)
                 if isinstance(exc, UpstreamError) and exc.status in (404, 422, 400, 403):
@@ -318,13 +318,9 @@ class Scheduler:
             EventKind.LOAD_STARTED, f"loading {entry.id} on {node}{how}", node=node, model=entry.id
         )
         try:
+            least = placed.min_gpu_layers if placed is not None else None
             await self.clients[node].load(
-                entry.id,
-                entry.source_or_id,
-                entry.n_ctx,
-                embedding=entry.embedding,
-                min_gpu_layers=placed.min_gpu_layers if placed is not None else None,
-                timeout_s=self.config.cold_load_timeout_s,
+                entry.load_request(least), timeout_s=self.config.cold_load_timeout_s
             )
         except CortexError as exc:
             self.registry.record(
