@@ -71,11 +71,12 @@ def check(response: httpx.Response, path: str) -> None:
         body = response.json()
         if anthropic:
             assert body["type"] == "error", body
-            assert set(body["error"]) == {"type", "message"}, body
+            assert set(body["error"]) == {"type", "message", "src"}, body
             assert isinstance(body["error"]["message"], str)
         else:
-            assert set(body["error"]) == {"message", "type", "code", "param"}, body
+            assert set(body["error"]) == {"message", "type", "code", "param", "src"}, body
             assert isinstance(body["error"]["message"], str)
+        assert body["error"]["src"] in ("gateway", "neuron"), body
     elif response.headers.get("content-type", "").startswith("text/event-stream"):
         data = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
         if anthropic:

@@ -60,9 +60,9 @@ def refused(response: httpx.Response, path: str, status: int = 400) -> dict:
     assert "Traceback" not in response.text
     body = response.json()
     if path.startswith(MESSAGES):
-        assert body["type"] == "error" and set(body["error"]) == {"type", "message"}
+        assert body["type"] == "error" and set(body["error"]) == {"type", "message", "src"}
         return body["error"]
-    assert set(body["error"]) == {"message", "type", "code", "param"}
+    assert set(body["error"]) == {"message", "type", "code", "param", "src"}
     return body["error"]
 
 
