@@ -67,6 +67,7 @@ def test_interleaved_conversations_come_back_to_their_replica(start_neuron, tmp_
                 cached = details.cached_tokens if details else 0
                 if cached and cached >= reply.usage.prompt_tokens // 2:
                     cached_turns += 1
+        client.close()
         by_affinity, by_load = routed(cortex, "affinity"), routed(cortex, "load")
         assert by_affinity + by_load == CONVERSATIONS * TURNS
         assert by_affinity >= 0.9 * later_turns, (by_affinity, by_load)

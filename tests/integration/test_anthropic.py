@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import anthropic
 import httpx
@@ -56,8 +57,9 @@ def cortex(start_module_neuron, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def client(cortex) -> anthropic.Anthropic:
-    return anthropic.Anthropic(base_url=cortex.url, api_key="sk-test", max_retries=0)
+def client(cortex) -> Iterator[anthropic.Anthropic]:
+    with anthropic.Anthropic(base_url=cortex.url, api_key="sk-test", max_retries=0) as sdk:
+        yield sdk
 
 
 def test_messages_create(client: anthropic.Anthropic) -> None:
@@ -165,8 +167,11 @@ def test_count_tokens(client: anthropic.Anthropic) -> None:
 
 
 def test_auth_failures(cortex) -> None:
-    with pytest.raises(anthropic.AuthenticationError) as info:
-        anthropic.Anthropic(base_url=cortex.url, api_key="wrong", max_retries=0).messages.create(
+    with (
+        anthropic.Anthropic(base_url=cortex.url, api_key="wrong", max_retries=0) as wrong,
+        pytest.raises(anthropic.AuthenticationError) as info,
+    ):
+        wrong.messages.create(
             model="smol", max_tokens=5, messages=[{"role": "user", "content": "Hi"}]
         )
     assert info.value.body["type"] == "error"

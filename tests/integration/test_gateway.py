@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -113,8 +114,9 @@ def fleet(cortex):
 
 
 @pytest.fixture
-def client(fleet) -> openai.OpenAI:
-    return openai.OpenAI(base_url=fleet.url + "/v1", api_key="unused", max_retries=0)
+def client(fleet) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=fleet.url + "/v1", api_key="unused", max_retries=0) as sdk:
+        yield sdk
 
 
 def locations(cortex: CortexProcess, model: str) -> list[str]:

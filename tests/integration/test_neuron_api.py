@@ -8,6 +8,7 @@ import shutil
 import struct
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -58,8 +59,9 @@ max_wait_s = 60
 
 
 @pytest.fixture
-def client(neuron) -> openai.OpenAI:
-    return openai.OpenAI(base_url=neuron.url + "/v1", api_key="unused", max_retries=0)
+def client(neuron) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=neuron.url + "/v1", api_key="unused", max_retries=0) as sdk:
+        yield sdk
 
 
 def assert_still_serving(neuron) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -53,8 +54,9 @@ def cortex(start_module_neuron, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def client(cortex) -> openai.OpenAI:
-    return openai.OpenAI(base_url=cortex.url + "/v1", api_key="sk-test", max_retries=0)
+def client(cortex) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=cortex.url + "/v1", api_key="sk-test", max_retries=0) as sdk:
+        yield sdk
 
 
 def parse_events(raw: str) -> tuple[list[tuple[str, dict]], int]:
