@@ -20,8 +20,8 @@ from synapse.tomlconf import ConfigError, TomlTable, listen_address, non_negativ
 
 DEFAULT_CONFIG_PATH = Path("/etc/cortex/cortex.toml")
 # The HTTP transports the gateway can talk to neurons over (`[gateway] upstream_transport`; see
-# cortex/nodes/transport.py): both under httpx's client API.
-UPSTREAM_TRANSPORTS = ("aiohttp", "httpx")
+# cortex/nodes/transport.py). Lifecycle calls always go through httpx's client API.
+UPSTREAM_TRANSPORTS = ("httptools", "aiohttp", "httpx")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class GatewayConfig:
     poll_interval_s: float = 2.0
     down_after_misses: int = 3
     connect_timeout_s: float = 3.0
-    upstream_transport: str = "aiohttp"
+    upstream_transport: str = "httptools"
     max_body_mb: float = 8.0
     first_byte_timeout_s: float = 600.0
     idle_timeout_s: float = 120.0
@@ -86,7 +86,7 @@ def load_config(path: Path) -> GatewayConfig:
         poll_interval_s=gateway.get("poll_interval_s", float, 2.0, positive),
         down_after_misses=gateway.get("down_after_misses", int, 3, positive),
         connect_timeout_s=gateway.get("connect_timeout_s", float, 3.0, positive),
-        upstream_transport=gateway.get("upstream_transport", str, "aiohttp", _transport),
+        upstream_transport=gateway.get("upstream_transport", str, "httptools", _transport),
         max_body_mb=gateway.get("max_body_mb", float, 8.0, positive),
         first_byte_timeout_s=gateway.get("first_byte_timeout_s", float, 600.0, positive),
         idle_timeout_s=gateway.get("idle_timeout_s", float, 120.0, positive),
@@ -229,7 +229,7 @@ def _strategy(value: str) -> str | None:
 
 
 def _transport(value: str) -> str | None:
-    return None if value in UPSTREAM_TRANSPORTS else "must be 'aiohttp' or 'httpx'"
+    return None if value in UPSTREAM_TRANSPORTS else "must be 'httptools', 'aiohttp' or 'httpx'"
 
 
 def _http_url(value: str) -> str | None:

@@ -46,6 +46,7 @@ import httpx
 from httpx_aiohttp import AiohttpTransport
 
 from cortex.config import GatewayConfig
+from cortex.nodes.wire import WireStreams
 
 Transport = httpx.AsyncBaseTransport
 TransportError = httpx.TransportError
@@ -84,7 +85,7 @@ def make_http_client(
     config: GatewayConfig, transport: httpx.AsyncBaseTransport | None = None
 ) -> httpx.AsyncClient:
     """The app's client for neuron calls: `transport` if given, else the configured one."""
-    if transport is None and config.upstream_transport == "aiohttp":
+    if transport is None and config.upstream_transport in ("httptools", "aiohttp"):
         transport = AiohttpUpstream(LIMITS)
     return httpx.AsyncClient(
         transport=transport,
@@ -98,8 +99,11 @@ def make_streams(
     http: httpx.AsyncClient,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Streams:
-    """What inference streams go through: a bare aiohttp session when the configured transport
-    is aiohttp and none is given explicitly, else `http` itself."""
+    """What inference streams go through: bare connections (`wire.WireStreams`) or a bare
+    aiohttp session when the configured transport says so and none is given explicitly, else
+    `http` itself."""
+    if transport is None and config.upstream_transport == "httptools":
+        return WireStreams(config.connect_timeout_s, LIMITS.keepalive_expiry)
     if transport is None and config.upstream_transport == "aiohttp":
         return AiohttpStreams(LIMITS, config.connect_timeout_s)
     return HttpxStreams(http)

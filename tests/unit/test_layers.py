@@ -6,8 +6,8 @@
 * llama_cpp is imported inside `neuron/engine/` only.
 * cortex and neuron are two programs: neither imports the other. What both need is in
   `synapse/`, which imports neither.
-* In cortex, httpx and aiohttp (the HTTP client towards the neurons) are imported in
-  `cortex/nodes/` only, and httpx also by the clients of the gateway and the neuron that live in
+* In cortex, httpx, aiohttp and httptools (the HTTP clients towards the neurons) are imported
+  in `cortex/nodes/` only, and httpx also by the clients of the gateway and the neuron that live in
   cortex (`HTTPX_CLIENTS`); the relay, the fleet and the app name what `cortex.nodes` exports.
 
 What breaks a rule today is listed in `KNOWN` with the reason; each listed breach must still
@@ -47,6 +47,7 @@ IO_MODULES = frozenset(
         "sanic",
         "httpx",
         "aiohttp",
+        "httptools",
         "llama_cpp",
         "pynvml",
         "asyncio",
@@ -111,7 +112,8 @@ def _breaches() -> set[tuple[str, str]]:
         }
         if program == "cortex" and not module.startswith("cortex/nodes/"):
             clients = {"httpx"} if module in HTTPX_CLIENTS else set()
-            breaches |= {(module, name) for name in imported & ({"httpx", "aiohttp"} - clients)}
+            towards_neurons = {"httpx", "aiohttp", "httptools"} - clients
+            breaches |= {(module, name) for name in imported & towards_neurons}
         if not module.startswith("neuron/engine/"):
             breaches |= {(module, "llama_cpp")} & {(module, name) for name in imported}
         if module.startswith(PURE):

@@ -21,10 +21,11 @@ from cortex.control.scheduler import Target
 from cortex.errors import NodeUnavailable, UpstreamTimeout
 from cortex.nodes.client import NeuronClient
 from cortex.nodes.transport import AiohttpUpstream, make_http_client, make_streams
+from cortex.nodes.wire import WireStreams
 from synapse.contract import Health
 from synapse.tomlconf import ConfigError
 
-TRANSPORTS = ("aiohttp", "httpx")
+TRANSPORTS = ("httptools", "aiohttp", "httpx")
 Handler = Callable[["Served", asyncio.StreamWriter], Awaitable[None]]
 
 
@@ -44,10 +45,12 @@ class Server:
 
     routes: dict[str, Handler]
     seen: list[Served] = field(default_factory=list)
+    connections: int = 0
     closed_by_client: asyncio.Event = field(default_factory=asyncio.Event)
     port: int = 0
 
     async def connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -326,8 +329,11 @@ async def test_an_explicit_transport_wins_over_the_config() -> None:
 
 
 def test_the_config_picks_the_transport(tmp_path: Path) -> None:
-    assert GatewayConfig().upstream_transport == "aiohttp"
-    assert isinstance(make_http_client(GatewayConfig())._transport, AiohttpUpstream)
+    default = GatewayConfig()
+    assert default.upstream_transport == "httptools"
+    http = make_http_client(default)
+    assert isinstance(http._transport, AiohttpUpstream)  # lifecycle calls
+    assert isinstance(make_streams(default, http), WireStreams)  # inference streams
     path = tmp_path / "cortex.toml"
     (tmp_path / "models.toml").write_text("")
     path.write_text('[gateway]\nupstream_transport = "httpx"\n')
@@ -337,3 +343,108 @@ def test_the_config_picks_the_transport(tmp_path: Path) -> None:
     path.write_text('[gateway]\nupstream_transport = "requests"\n')
     with pytest.raises(ConfigError, match="upstream_transport"):
         load_config(path)
+
+
+# -- the httptools transport's own connection handling ----------------------------------------
+
+
+async def test_streams_reuse_one_connection_and_replace_one_closed_as_it_was_taken(
+    server: Server,
+) -> None:
+    answered = 0
+
+    async def flaky(request: Served, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        if len(server.seen) == 3:  # the neuron closes the kept-alive connection instead
+            writer.close()
+            return
+        answered += 1
+        body = b"data: %d\n\n" % answered
+        writer.write(STREAM_HEAD + chunk(body) + b"0\r\n\r\n")
+        await writer.drain()
+
+    server.routes["/v1/completions"] = flaky
+    client = client_for("httptools", server.port)
+    loop = asyncio.get_running_loop()
+    try:
+        for expected in (b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"):
+            response = await client.open_stream("/v1/completions", b"{}", {}, loop.time() + 5)
+            exchange, broken = exchange_for(response)
+            assert await exchange.read() == expected
+            await exchange.close()
+            assert not broken
+    finally:
+        await close(client)
+    # Two answers on the first connection; the third request met a close there and was sent
+    # again on a second one.
+    assert server.connections == 2
+    assert len(server.seen) == 4
+
+
+async def test_a_new_connection_closed_without_an_answer_is_node_unavailable(
+    server: Server,
+) -> None:
+    async def hang_up(request: Served, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server.routes["/v1/completions"] = hang_up
+    client = client_for("httptools", server.port)
+    loop = asyncio.get_running_loop()
+    try:
+        with pytest.raises(NodeUnavailable) as raised:
+            await client.open_stream("/v1/completions", b"{}", {}, loop.time() + 5)
+        assert isinstance(raised.value.__cause__, httpx.RemoteProtocolError)
+    finally:
+        await close(client)
+    assert len(server.seen) == 1  # not sent twice: a fresh connection's failure is the caller's
+
+
+async def test_a_body_that_ends_with_the_connection_and_a_large_one_arrive_whole(
+    server: Server,
+) -> None:
+    large = bytes(range(256)) * 16384  # 4 MiB: reading pauses and resumes on the way
+
+    async def until_close(request: Served, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n")
+        writer.write(b"all of it")
+        await writer.drain()
+        writer.close()
+
+    async def big(request: Served, writer: asyncio.StreamWriter) -> None:
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {len(large)}"
+        writer.write(head.encode() + b"\r\n\r\n" + large)
+        await writer.drain()
+
+    server.routes["/v1/completions"] = until_close
+    server.routes["/v1/embeddings"] = big
+    client = client_for("httptools", server.port)
+    loop = asyncio.get_running_loop()
+    try:
+        response = await client.open_stream("/v1/completions", b"{}", {}, loop.time() + 5)
+        assert response.headers["CONTENT-TYPE"] == "text/plain"
+        exchange, _ = exchange_for(response)
+        assert await exchange.read() == b"all of it"
+        await exchange.close()
+        response = await client.open_stream("/v1/embeddings", b"{}", {}, loop.time() + 5)
+        exchange, _ = exchange_for(response)
+        received = b""
+        async for piece in exchange.chunks():
+            received += piece
+            await asyncio.sleep(0.001)  # a slow reader
+        await exchange.close()
+        assert received == large
+    finally:
+        await close(client)
+
+
+async def test_a_header_with_a_line_break_is_refused_before_sending(server: Server) -> None:
+    server.routes["/v1/completions"] = json_answer(b"{}")
+    streams = WireStreams(0.5)
+    try:
+        with pytest.raises(httpx.LocalProtocolError):
+            await streams.send(
+                f"http://127.0.0.1:{server.port}/v1/completions", b"{}", {"X": "a\r\nB: c"}
+            )
+    finally:
+        await streams.aclose()
+    assert server.seen == []
