@@ -161,30 +161,25 @@ class Dispatcher:
                 response = await self.clients[target.node].open_stream(
                     path, payload, _JSON, deadline
                 )
-            except NodeUnavailable as exc:
+            except BaseException as exc:
+                # Not open after all (the client went away too): it no longer counts as in flight.
                 self.registry.request_finished(target.node, target.model_id)
-                self.poller.mark_down(target.node, exc.message)
-                if not exclude:
-                    exclude |= {target.node}
-                    continue
-                raise
-            except UpstreamTimeout:
-                self.registry.request_finished(target.node, target.model_id)
-                self.node_failed(target.node, "timed out")
-                raise
-            except asyncio.CancelledError:  # the client went away before the neuron answered
-                self.registry.request_finished(target.node, target.model_id)
-                raise
-            except UpstreamError as exc:
-                self.registry.request_finished(target.node, target.model_id)
-                if exc.code == "draining" and not exclude:
-                    self.registry.update_node(target.node, draining=True)
-                    exclude |= {target.node}
-                    continue
-                if _is_stale(exc) and not repolled:
-                    repolled = True
-                    await self._repoll(target.node)
-                    continue
+                if isinstance(exc, NodeUnavailable):
+                    self.poller.mark_down(target.node, exc.message)
+                    if not exclude:
+                        exclude |= {target.node}
+                        continue
+                elif isinstance(exc, UpstreamTimeout):
+                    self.node_failed(target.node, "timed out")
+                elif isinstance(exc, UpstreamError):
+                    if exc.code == "draining" and not exclude:
+                        self.registry.update_node(target.node, draining=True)
+                        exclude |= {target.node}
+                        continue
+                    if _is_stale(exc) and not repolled:
+                        repolled = True
+                        await self._repoll(target.node)
+                        continue
                 raise
             self.registry.remember_served(target.model_id, conversation, target.node)
             return Exchange(
