@@ -280,14 +280,21 @@ class PlanRequest:
     parallel: int | None = None
 
     def __post_init__(self) -> None:
-        _check_id(self.model)
-        _check_text("source", self.source)
-        _check_range("n_ctx", self.n_ctx, MIN_N_CTX)
-        _check_range("parallel", self.parallel, 1, MAX_PARALLEL)
+        _check_placement(self.model, self.source, self.n_ctx, self.parallel)
 
     @property
     def source_or_id(self) -> str:
         return self.source or self.model
+
+
+def _check_placement(
+    model: str, source: str | None, n_ctx: int | None, parallel: int | None
+) -> None:
+    """The checks a plan and a load share."""
+    _check_id(model)
+    _check_text("source", source)
+    _check_range("n_ctx", n_ctx, MIN_N_CTX)
+    _check_range("parallel", parallel, 1, MAX_PARALLEL)
 
 
 @dataclass(frozen=True)
@@ -308,7 +315,7 @@ class LoadRequest:
     chat_template: str | None = None
 
     def __post_init__(self) -> None:
-        PlanRequest(self.model, self.source, self.n_ctx, self.parallel)  # the shared checks
+        _check_placement(self.model, self.source, self.n_ctx, self.parallel)
         _check_range("n_gpu_layers", self.n_gpu_layers, -1)
         _check_range("min_gpu_layers", self.min_gpu_layers, 0, 100_000)
         _check_text("chat_template", self.chat_template)
