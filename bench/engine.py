@@ -11,7 +11,8 @@ Scenarios, each through the server's HTTP API (streaming /v1/completions):
 2. four streams at once: aggregate completion tok/s;
 3. two conversations sharing a ~2k-token system prompt, interleaved over 6 turns each:
    median time to first token;
-4. a short request arriving while 3 long ones generate: its time to first token, vs alone.
+4. a short request arriving while 3 long ones generate: its time to first token (median of 3
+   sent one after another, from 1 s after the long ones began), vs alone (median of 3).
 
 With --old-commit, a git worktree of that commit serves as "today's neuron" (the engine before
 continuous batching); it shares this checkout's virtualenv.
@@ -198,7 +199,10 @@ async def scenarios(server: Server) -> dict[str, float]:
         )
         longs = [asyncio.create_task(complete(client, server, p, 256)) for p in COUNTING[:3]]
         await asyncio.sleep(1.0)
-        during = (await complete(client, server, short, 8)).ttft
+        during = statistics.median(
+            [(await complete(client, server, short, 8)).ttft for _ in range(3)]
+        )
+        assert not any(task.done() for task in longs), "the long ones ended too soon"
         await asyncio.gather(*longs)
         out["short_ttft_alone_s"] = alone
         out["short_ttft_during_3_long_s"] = during

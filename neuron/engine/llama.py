@@ -9,8 +9,9 @@ and every sampler; nothing else calls into llama.cpp. Each step it:
 2. finishes cancelled generations (their evaluated prefix stays cached),
 3. admits waiting generations into free sequences, reusing the longest cached prefix
    (`prefix.choose_sequence`) and trimming or copying KV accordingly,
-4. builds one batch — one token per generating sequence plus chunked prefill
-   (`batching.plan_batch`) — making room by dropping cached sequences LRU first,
+4. builds one batch — one token per generating sequence plus chunked prefill, or a short
+   prompt alone first (`batching.plan_batch`) — making room by dropping cached sequences LRU
+   first,
 5. decodes once and samples every sequence that wanted logits with its own sampler chain.
 
 Tokens reach the event loop through `loop.call_soon_threadsafe`; a consumer that stops reading
@@ -168,6 +169,7 @@ class LlamaEngine:
         self._stats = EngineStats()
         self._counters = {"steps": 0, "batch": 0, "prefill": 0, "decode": 0, "cached": 0}
         self._last_batch = 0
+        self._decoders_waited = False  # the last step read prompts only while others decoded
         self._model: Any = None
         self._ctx: Any = None
         self._batch: Any = None
@@ -533,7 +535,9 @@ class LlamaEngine:
             SequenceNeed(seq_id, len(g.tokens) - g.fed, g.admitted)  # type: ignore[arg-type]
             for seq_id, g in by_seq.items()
         ]
-        slices = plan_batch(needs, self.settings.n_batch)
+        decoding = any(need.pending == 0 for need in needs)
+        slices = plan_batch(needs, self.settings.n_batch, decoders_waited=self._decoders_waited)
+        self._decoders_waited = decoding and all(piece.prefill for piece in slices)
         total = sum(piece.count for piece in slices)
         self._make_room(total, frozenset(by_seq))
         batch = self._batch

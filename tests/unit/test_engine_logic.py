@@ -36,7 +36,7 @@ def need(seq_id: int, pending: int, admitted: int | None = None) -> SequenceNeed
         # a long prompt is chunked; only the chunk that ends the prompt is sampled
         ([need(0, 1200)], 512, [BatchSlice(0, 512, False, True)]),
         ([need(0, 300)], 512, [BatchSlice(0, 300, True, True)]),
-        # decoding first, then prefill fills the rest of the budget
+        # a prompt longer than the step: decoding first, then prefill fills the rest
         (
             [need(0, 0), need(1, 0), need(2, 0), need(3, 2000)],
             512,
@@ -62,6 +62,44 @@ def test_plan_batch(needs: list[SequenceNeed], n_batch: int, expected: list[Batc
     plan = plan_batch(needs, n_batch)
     assert plan == expected
     assert sum(piece.count for piece in plan) <= n_batch
+
+
+DECODERS = [need(0, 0), need(1, 0), need(2, 0)]
+
+
+@pytest.mark.parametrize(
+    ("needs", "waited", "expected"),
+    [
+        # a short prompt arrives while three sequences decode: it is read alone, first
+        ([*DECODERS, need(3, 8)], False, [BatchSlice(3, 8, True, True)]),
+        # two short prompts that fit together: both read, in admission order, decoders wait
+        (
+            [*DECODERS, need(4, 100, admitted=9), need(3, 300, admitted=8)],
+            False,
+            [BatchSlice(3, 300, True, True), BatchSlice(4, 100, True, True)],
+        ),
+        # ... but never two steps in a row: after waiting once the decoders go first again
+        (
+            [*DECODERS, need(3, 8)],
+            True,
+            [*(BatchSlice(i, 1, True, False) for i in range(3)), BatchSlice(3, 8, True, True)],
+        ),
+        # prompts that do not fit in one step are chunked beside the decoders as before
+        (
+            [*DECODERS, need(3, 600)],
+            False,
+            [*(BatchSlice(i, 1, True, False) for i in range(3)), BatchSlice(3, 509, False, True)],
+        ),
+        # nobody decoding: nothing to put first
+        ([need(3, 8)], False, [BatchSlice(3, 8, True, True)]),
+        # nobody reading: the decoders' step, waited or not
+        (DECODERS, True, [BatchSlice(i, 1, True, False) for i in range(3)]),
+    ],
+)
+def test_short_prompts_are_read_first_but_decoders_never_wait_twice(
+    needs: list[SequenceNeed], waited: bool, expected: list[BatchSlice]
+) -> None:
+    assert plan_batch(needs, 512, decoders_waited=waited) == expected
 
 
 def seq(
