@@ -308,7 +308,7 @@ class WireStreams:
             expired = self._keepalive_s is not None and now - connection.idle_since > (
                 self._keepalive_s
             )
-            if connection.transport is None or expired:
+            if connection.transport is None or connection.transport.is_closing() or expired:
                 connection.close()
                 continue
             connection.reused = True
