@@ -27,9 +27,11 @@ Phases, each after a warm-up:
 3. throughput — non-streaming requests/s with 16 concurrent keep-alive clients, each path alone
    for a fixed time.
 Each gateway's own CPU time per request over phase 1 (from /proc/PID/task/*/schedstat) is
-reported too. `--breakdown` adds two reference gateways to phases 1 and 3 to show where cortex's
-time goes: `sanic-fixed` (Sanic set up as cortex is, answering by itself) and `sanic-httpx` (the
-same plus the upstream call exactly as `cortex-httpx` makes it, without routing or metrics).
+reported too. `--breakdown` adds three reference gateways to phases 1 and 3 to show where
+cortex's time goes: `sanic-fixed` (Sanic set up as cortex is, answering by itself), `sanic-httpx`
+(the same plus the upstream call exactly as `cortex-httpx` makes it, without routing or metrics)
+and `sanic-httptools` (likewise on cortex's bare connections, and in phase 2 too: streams relayed
+piece by piece, unparsed — the floor under cortex-httptools).
 
 The machine may be shared: the script first waits (up to --load-wait-s) until the 1-minute load
 average is at most --max-load and at most --max-busy cores are in use, and it reports, per phase,
@@ -37,7 +39,7 @@ the cores that processes other than its own used meanwhile.
 
     python bench/gateway_overhead.py [--skip-litellm] [--breakdown] [--json out.json]
                                      [--cortex-src DIR] [--requests 2000]
-                                     [--transports aiohttp,httpx]
+                                     [--transports httptools,aiohttp,httpx]
 
 Exit status is 0 whether or not the targets (cortex added p50 ≤ 1 ms, and ≤ 1/3 of LiteLLM's)
 are met; the verdict is printed as PASS/MISS for each cortex path.
@@ -78,7 +80,7 @@ TARGET_FRACTION_OF_LITELLM = 1 / 3
 SMALL = {"model": MODEL, "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16}
 STREAM = {**SMALL, "stream": True, "stream_options": {"include_usage": True}}
 # `--transports` entries: cortex's `[gateway] upstream_transport` values, and "default" (no key).
-TRANSPORTS = ("aiohttp", "httpx", "default")
+TRANSPORTS = ("httptools", "aiohttp", "httpx", "default")
 
 
 def cortex_path(transport: str) -> str:
@@ -295,7 +297,8 @@ def wait_for_quiet(max_load: float, max_busy: float, wait_s: float) -> tuple[flo
 
 # --------------------------------------------------------------------------- reference gateways
 
-REFERENCES = ("sanic-fixed", "sanic-httpx")
+REFERENCES = ("sanic-fixed", "sanic-httpx", "sanic-httptools")
+STREAMING_REFERENCES = ("sanic-httptools",)  # the references that relay streams too
 
 
 def reference_gateway(kind: str, port: int, upstream: int) -> None:
@@ -305,6 +308,9 @@ def reference_gateway(kind: str, port: int, upstream: int) -> None:
     body and answers a fixed completion — the floor of any Sanic gateway. sanic-httpx: the same
     plus the upstream call exactly as cortex-httpx makes it (one shared httpx.AsyncClient, same
     limits, `send(stream=True)`, `aread`, `aclose`) but no routing, registry or dispatcher.
+    sanic-httptools: the same on cortex's own bare connections (`cortex.nodes.wire`, as
+    cortex-httptools), and streams too: each piece relayed as it arrives, unparsed — the floor
+    of a Sanic gateway on that client.
     """
     from sanic import Request, Sanic
     from sanic.response import HTTPResponse, raw
@@ -318,6 +324,9 @@ def reference_gateway(kind: str, port: int, upstream: int) -> None:
 
     @app.before_server_start
     async def start(app: Sanic) -> None:
+        from cortex.nodes.wire import WireStreams
+
+        app.ctx.wire = WireStreams(3.0)
         app.ctx.http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=512, max_keepalive_connections=128),
             timeout=httpx.Timeout(30.0, connect=3.0),
@@ -328,6 +337,19 @@ def reference_gateway(kind: str, port: int, upstream: int) -> None:
         json.loads(request.body)
         if kind == "sanic-fixed":
             return raw(fixed, content_type="application/json")
+        if kind == "sanic-httptools":
+            answer = await request.app.ctx.wire.send(url, request.body, headers)
+            try:
+                if answer.headers.get("content-type") != "text/event-stream":
+                    content = await answer.aread()
+                    return raw(content, status=answer.status_code, content_type="application/json")
+                relayed = await request.respond(content_type="text/event-stream")
+                async for piece in answer.aiter_raw():
+                    await relayed.send(piece)
+                await relayed.eof()
+                return relayed
+            finally:
+                await answer.aclose()
         http: httpx.AsyncClient = request.app.ctx.http
         outgoing = http.build_request(
             "POST",
@@ -665,7 +687,9 @@ async def run_phases(args: argparse.Namespace, started: dict[str, Server]) -> di
     upstream_calls = sum(1 for lane in lanes if lane.name != "sanic-fixed") * args.requests
     served = {lane.name: args.requests for lane in lanes} | {"direct": upstream_calls}
 
-    streaming = [lane for lane in lanes if lane.name not in REFERENCES]
+    streaming = [
+        lane for lane in lanes if lane.name not in REFERENCES or lane.name in STREAMING_REFERENCES
+    ]
     await sequential(streaming, 3, lambda p: measure_stream(p, record=False))
     watch = CpuWatch().start()
     await sequential(streaming, args.streams, stream, args.block)
@@ -815,9 +839,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--transports",
         type=_transports,
-        default=["aiohttp", "httpx"],
-        help="comma-separated cortex upstream transports, one cortex path each: aiohttp, httpx, "
-        "or default (the revision's own default, no key written); default: aiohttp,httpx",
+        default=["httptools", "aiohttp", "httpx"],
+        help="comma-separated cortex upstream transports, one cortex path each: httptools, "
+        "aiohttp, httpx, or default (the revision's own default, no key written); default: "
+        "httptools,aiohttp,httpx",
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep and print the log dir")
     parser.add_argument(
