@@ -3,9 +3,9 @@
 `make_http_client(config)` builds the app's single `httpx.AsyncClient` (opened at server start,
 closed at stop; every `NeuronClient` shares it). The rest of cortex sees httpx's client API only,
 whichever transport carries it (`[gateway] upstream_transport`):
-* "aiohttp": aiohttp's connection pool under httpx's API (the `httpx-aiohttp` package), several
-  times the requests/s of httpcore's pool under concurrency and less latency per request
-  (bench/README.md, gateway_overhead);
+* "httptools" (the default) and "aiohttp": aiohttp's connection pool under httpx's API (the
+  `httpx-aiohttp` package), several times the requests/s of httpcore's pool under concurrency
+  and less latency per request (bench/README.md, gateway_overhead);
 * "httpx": httpx's own transport (httpcore).
 
 Invariants, whichever transport:
@@ -23,11 +23,13 @@ Invariants, whichever transport:
   with httpx's transport) and no proxy from the environment is used: neurons are reached
   directly, where httpx's transport honours HTTP(S)_PROXY/NO_PROXY as httpx does.
 
-Inference streams (`NeuronClient.open_stream`) go through `make_streams`: over "aiohttp" a bare
-aiohttp session of their own (`AiohttpStreams`), without httpx's client layer, which costs
-~0.2 ms a request (bench/README.md); over "httpx", or with an explicit transport (tests), the
-same httpx client as every other call (`HttpxStreams`). Either returns an `UpstreamResponse`:
-the status, the headers, the body as it arrives (`aiter_raw`), all of it (`aread`), `aclose`.
+Inference streams (`NeuronClient.open_stream`) go through `make_streams`: over "httptools"
+bare keep-alive connections of their own (`wire.WireStreams`, no client library at all, the
+fastest by bench/README.md); over "aiohttp" a bare aiohttp session (`AiohttpStreams`), without
+httpx's client layer, which costs ~0.2 ms a request; over "httpx", or with an explicit transport
+(tests), the same httpx client as every other call (`HttpxStreams`). Each returns an
+`UpstreamResponse`: the status, the headers, the body as it arrives (`aiter_raw`), all of it
+(`aread`), `aclose`.
 Closing a response before its end closes its connection (the neuron sees the client go); a
 response read to its end returns the connection to the pool.
 
