@@ -138,7 +138,6 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.response: WireResponse | None = None
-        self.reused = False
         self.idle_since = 0.0
         self._keep_alive = False
         self._paused = False
@@ -302,16 +301,14 @@ class WireStreams:
 
     def _take(self, key: _Key) -> _Connection | None:
         idle = self._idle.get(key)
-        now = asyncio.get_running_loop().time()
         while idle:
             connection = idle.pop()
-            expired = self._keepalive_s is not None and now - connection.idle_since > (
-                self._keepalive_s
+            expired = self._keepalive_s is not None and (
+                connection.loop.time() - connection.idle_since > self._keepalive_s
             )
             if connection.transport is None or connection.transport.is_closing() or expired:
                 connection.close()
                 continue
-            connection.reused = True
             return connection
         return None
 
