@@ -1,7 +1,7 @@
 """Engine benchmark: the neuron's batched engine vs llama.cpp's own llama-server (and,
 optionally, the neuron of an earlier commit), same GGUF, threads, context and greedy sampling.
 
-Not a test. Run from the repository root, one model-serving process at a time:
+Not a test. Run from the repository root on an otherwise idle machine:
 
     ../shared/tools/build-llama-server.sh            # once; prints .bench/llama-server/llama-server
     .venv/bin/python bench/engine.py [--old-commit 2727804] [--threads 2] [--models smollm2,gemma]
@@ -11,11 +11,18 @@ Scenarios, each through the server's HTTP API (streaming /v1/completions):
 2. four streams at once: aggregate completion tok/s (median of 3 rounds);
 3. two conversations sharing a ~2k-token system prompt, interleaved over 6 turns each:
    median time to first token;
-4. a short request arriving while 3 long ones generate: its time to first token (median of 3
-   sent one after another, from 1 s after the long ones began), vs alone (median of 3).
+4. a short request arriving while 3 long ones generate: its time to first token (median of 5,
+   from 1 s after the long ones began), vs alone (median of 5). A pause of 50–150 ms (seeded)
+   comes before each one, so that it arrives at a random point of the decode step in flight,
+   as a request from another user would; sent back to back, each would arrive just after a step
+   began and wait for all of it.
 
-With --old-commit, a git worktree of that commit serves as "today's neuron" (the engine before
-continuous batching); it shares this checkout's virtualenv.
+All servers of one model are started together and take turns request by request (an idle one
+uses no CPU), so that the drift of a shared VM over minutes falls on all of them alike; only
+scenario 4's long generations run on one server at a time. Servers: `neuron` and
+`llama-server` (flash attention `auto`, both servers' default), `neuron-fa-off` and
+`llama-server-fa-off` (flash attention off), and with --old-commit a git worktree of that commit
+as "today's neuron" (the engine before continuous batching; it shares this virtualenv).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -82,13 +90,14 @@ def _wait(url: str, proc: subprocess.Popen, path: str = "/health", timeout: floa
     raise TimeoutError(url)
 
 
-def start_neuron(name: str, gguf: Path, threads: int, code: Path, engine_table: bool) -> Server:
+def start_neuron(name: str, gguf: Path, threads: int, code: Path, engine: str | None) -> Server:
+    """`engine`: the lines of neuron.toml's [engine] table; None for a neuron that has none."""
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     config = workdir / "neuron.toml"
     text = f'listen = "127.0.0.1:{port}"\nmodel_dirs = ["{gguf.parent}"]\nn_threads = {threads}\n'
-    if engine_table:
-        text += f"[engine]\nparallel = {PARALLEL}\n"
+    if engine is not None:
+        text += f"[engine]\nparallel = {PARALLEL}\n{engine}"
     config.write_text(text)
     env = {**os.environ, "PYTHONPATH": str(code)}
     proc = subprocess.Popen(
@@ -106,19 +115,19 @@ def start_neuron(name: str, gguf: Path, threads: int, code: Path, engine_table: 
     return Server(name, url, "m", proc, workdir)
 
 
-def start_llama_server(binary: Path, gguf: Path, threads: int) -> Server:
+def start_llama_server(name: str, binary: Path, gguf: Path, threads: int, fa: str) -> Server:
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="bench-llama-server-"))
     # Same KV as the neuron: one unified pool of n_ctx × parallel cells.
     args = [
         str(binary), "-m", str(gguf), "--port", str(port), "--host", "127.0.0.1",
         "-c", str(N_CTX * PARALLEL), "-np", str(PARALLEL), "-kvu",
-        "-t", str(threads), "-tb", str(threads), "-b", "512", "-ub", "512",
+        "-t", str(threads), "-tb", str(threads), "-b", "512", "-ub", "512", "-fa", fa,
     ]  # fmt: skip
     proc = subprocess.Popen(args, stdout=(workdir / "log").open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     _wait(url, proc, "/health")
-    return Server("llama-server", url, "m", proc, workdir)
+    return Server(name, url, "m", proc, workdir)
 
 
 @dataclass
@@ -167,49 +176,75 @@ async def complete(client: httpx.AsyncClient, server: Server, prompt: str, max_t
     return Run(first - started, end - started, usage_tokens or pieces, first, last or end)
 
 
-async def scenarios(server: Server) -> dict[str, float]:
-    out: dict[str, float] = {}
-    # A new connection per request, for both servers: llama-server closes idle keep-alive
+async def scenarios(servers: list[Server]) -> dict[str, dict[str, float]]:
+    """Every scenario on every server, the servers taking turns (see the module docstring)."""
+    out: dict[str, dict[str, float]] = {server.name: {} for server in servers}
+
+    def record(key: str, values: dict[str, list[float]]) -> None:
+        for name, samples in values.items():
+            out[name][key] = statistics.median(samples)
+
+    def samples() -> dict[str, list[float]]:
+        return {server.name: [] for server in servers}
+
+    pauses = random.Random(20261202)
+    # A new connection per request, for every server: llama-server closes idle keep-alive
     # connections, which would otherwise surface as spurious disconnects.
     limits = httpx.Limits(max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        await complete(client, server, "Warm up:", 8)
-        singles = [await complete(client, server, COUNTING[0], 128) for _ in range(3)]
-        out["single_tok_s"] = statistics.median(run.decode_tok_s for run in singles)
+        for server in servers:
+            await complete(client, server, "Warm up:", 8)
 
-        aggregates = []
+        singles = samples()
         for _ in range(3):
-            started = time.perf_counter()
-            runs = await asyncio.gather(*(complete(client, server, p, 128) for p in COUNTING))
-            aggregates.append(sum(run.tokens for run in runs) / (time.perf_counter() - started))
-        out["aggregate4_tok_s"] = statistics.median(aggregates)
+            for server in servers:
+                run = await complete(client, server, COUNTING[0], 128)
+                singles[server.name].append(run.decode_tok_s)
+        record("single_tok_s", singles)
+
+        aggregates = samples()
+        for _ in range(3):
+            for server in servers:
+                started = time.perf_counter()
+                runs = await asyncio.gather(*(complete(client, server, p, 128) for p in COUNTING))
+                elapsed = time.perf_counter() - started
+                aggregates[server.name].append(sum(run.tokens for run in runs) / elapsed)
+        record("aggregate4_tok_s", aggregates)
 
         histories = {"A": SYSTEM, "B": SYSTEM}
-        ttfts = []
+        ttfts = samples()
         for turn in range(6):
             for name in ("A", "B"):
                 histories[name] += (
                     f"\nUser {name}{turn}: tell me about topic {name}{turn}.\nAnswer:"
                 )
-                run = await complete(client, server, histories[name], 16)
-                ttfts.append(run.ttft)
+                for server in servers:
+                    run = await complete(client, server, histories[name], 16)
+                    ttfts[server.name].append(run.ttft)
                 histories[name] += " (an answer)"
-        out["conversation_ttft_median_s"] = statistics.median(ttfts)
+        record("conversation_ttft_median_s", ttfts)
 
         short = "Hello, my name is"
-        alone = statistics.median(
-            [(await complete(client, server, short, 8)).ttft for _ in range(3)]
-        )
-        longs = [asyncio.create_task(complete(client, server, p, 256)) for p in COUNTING[:3]]
-        await asyncio.sleep(1.0)
-        during = statistics.median(
-            [(await complete(client, server, short, 8)).ttft for _ in range(3)]
-        )
-        # A one-at-a-time engine serves the short ones only after the long ones: say so.
-        out["long_ones_outlasted_short"] = float(not any(task.done() for task in longs))
-        await asyncio.gather(*longs)
-        out["short_ttft_alone_s"] = alone
-        out["short_ttft_during_3_long_s"] = during
+
+        async def short_ttft(server: Server) -> float:
+            await asyncio.sleep(pauses.uniform(0.05, 0.15))
+            return (await complete(client, server, short, 8)).ttft
+
+        alone = samples()
+        for _ in range(5):
+            for server in servers:
+                alone[server.name].append(await short_ttft(server))
+        record("short_ttft_alone_s", alone)
+        for server in servers:
+            longs = [asyncio.create_task(complete(client, server, p, 256)) for p in COUNTING[:3]]
+            await asyncio.sleep(1.0)
+            during = [await short_ttft(server) for _ in range(5)]
+            # A one-at-a-time engine serves the short ones only after the long ones: say so.
+            out[server.name]["long_ones_outlasted_short"] = float(
+                not any(task.done() for task in longs)
+            )
+            await asyncio.gather(*longs)
+            out[server.name]["short_ttft_during_3_long_s"] = statistics.median(during)
     return out
 
 
@@ -227,38 +262,47 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default="smollm2-135m-instruct,gemma3-270m")
     parser.add_argument("--old-commit", default=None)
-    parser.add_argument("--servers", default="neuron,llama-server,old", help="which to run")
+    parser.add_argument(
+        "--servers",
+        default="neuron,neuron-fa-off,llama-server,llama-server-fa-off,old",
+        help="which to run",
+    )
     parser.add_argument("--llama-server", default=str(ROOT / ".bench/llama-server/llama-server"))
     args = parser.parse_args()
     from neuron.sources import resolve_source
 
+    binary = Path(args.llama_server)
+    wanted = args.servers.split(",")
     results: dict[str, dict[str, dict[str, float]]] = {}
     for model in args.models.split(","):
         gguf = resolve_source(model, model_dirs=(), hf_cache=None).primary
-        starters: list[tuple[str, Callable[[], Server]]] = [
-            ("neuron", partial(start_neuron, "neuron", gguf, args.threads, ROOT, True)),
-            (
-                "llama-server",
-                partial(start_llama_server, Path(args.llama_server), gguf, args.threads),
+        starters: dict[str, Callable[[], Server]] = {
+            "neuron": partial(start_neuron, "neuron", gguf, args.threads, ROOT, ""),
+            "neuron-fa-off": partial(
+                start_neuron, "neuron-fa-off", gguf, args.threads, ROOT, 'flash_attn = "off"\n'
             ),
-        ]
+            "llama-server": partial(
+                start_llama_server, "llama-server", binary, gguf, args.threads, "auto"
+            ),
+            "llama-server-fa-off": partial(
+                start_llama_server, "llama-server-fa-off", binary, gguf, args.threads, "off"
+            ),
+        }
         if args.old_commit:
             code = old_worktree(args.old_commit)
-            old = partial(start_neuron, "old", gguf, args.threads, code, False)
-            starters.append((f"neuron@{args.old_commit}", old))
-        wanted = set(args.servers.split(","))
-        # "old" selects the earlier commit's neuron, whose name is neuron@<commit>
-        starters = [
-            (name, start) for name, start in starters if ("old" if "@" in name else name) in wanted
-        ]
-        results[model] = {}
-        for name, start in starters:
-            server = start()
-            try:
-                results[model][name] = asyncio.run(scenarios(server))
-            finally:
+            name = f"neuron@{args.old_commit}"
+            starters["old"] = partial(start_neuron, name, gguf, args.threads, code, None)
+        servers: list[Server] = []
+        try:
+            for key in wanted:
+                if key in starters:
+                    servers.append(starters[key]())
+            results[model] = asyncio.run(scenarios(servers))
+        finally:
+            for server in servers:
                 server.stop()
-            print(model, name, json.dumps(results[model][name]), flush=True)
+        for name, figures in results[model].items():
+            print(model, name, json.dumps(figures), flush=True)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / "engine.json").write_text(json.dumps(results, indent=2))

@@ -28,6 +28,7 @@ DEFAULT_N_CTX = 4096
 
 
 DEFAULT_PARALLEL = 4
+FLASH_ATTN_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,10 @@ class NeuronConfig:
     and the environment.
 
     Sizes are MiB (`vram_headroom_mb` is kept free on every GPU) and durations seconds; `parallel`
-    is how many sequences a model decodes together unless its spec says; `n_threads` None lets the
-    engine choose; with no `auth_token` every route is open. `default_models` load at startup.
+    is how many sequences a model decodes together unless its spec says; `flash_attn` is llama.cpp's
+    flash-attention mode for every model of this host (`auto` lets llama.cpp decide per backend);
+    `n_threads` None lets the engine choose; with no `auth_token` every route is open.
+    `default_models` load at startup.
     """
 
     listen: str = DEFAULT_LISTEN
@@ -58,6 +61,7 @@ class NeuronConfig:
     default_models: tuple[LoadRequest, ...] = ()
     admission: Admission = field(default_factory=Admission)
     parallel: int = DEFAULT_PARALLEL
+    flash_attn: str = "auto"
     auth_token: str | None = None
     auth_inference: bool = True  # with a token: required on /v1/* and /tokenize too
     max_body_mb: float = 8.0
@@ -106,6 +110,7 @@ def load_config(path: Path | None = None) -> NeuronConfig:
     admission_table.finish()
     engine_table = root.table("engine")
     parallel = engine_table.get("parallel", int, DEFAULT_PARALLEL, _parallel)
+    flash_attn = engine_table.get("flash_attn", str, "auto", _flash_attn)
     engine_table.finish()
     auth = root.table("auth")
     token = auth.get("token", str, None) or None
@@ -125,6 +130,7 @@ def load_config(path: Path | None = None) -> NeuronConfig:
         default_models=tuple(_model_specs(root)),
         admission=admission,
         parallel=parallel,
+        flash_attn=flash_attn,
         auth_token=token,
         auth_inference=auth_inference,
         max_body_mb=root.get("max_body_mb", float, 8.0, positive),
@@ -170,6 +176,12 @@ def _model_specs(root: TomlTable) -> list[LoadRequest]:
         except ContractError as exc:
             raise entry.error("id" if exc.path == "model" else exc.path, exc.problem) from None
     return specs
+
+
+def _flash_attn(value: str) -> str | None:
+    if value not in FLASH_ATTN_MODES:
+        return "must be one of " + ", ".join(f'"{mode}"' for mode in FLASH_ATTN_MODES)
+    return None
 
 
 def _parallel(value: int) -> str | None:

@@ -371,6 +371,7 @@ class ModelManager:
             n_gpu_layers=plan.n_gpu_layers if self.gpu_offload else 0,
             tensor_split=plan.tensor_split if self.gpu_offload and plan.tensor_split else None,
             n_threads=self.config.n_threads,
+            flash_attn=self.config.flash_attn,
             embedding=spec.embedding,
             chat_template=spec.chat_template,
         )

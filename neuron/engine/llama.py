@@ -69,6 +69,11 @@ _backend_lock = threading.Lock()
 _backend_ready = False
 _STOP = object()
 _MAX_SEQUENCES = 256  # llama.cpp's LLAMA_MAX_SEQ
+_FLASH_ATTN_TYPES = {
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
 
 
 def init_backend() -> None:
@@ -90,6 +95,7 @@ class LlamaSettings:
     n_gpu_layers: int = 0
     tensor_split: tuple[float, ...] | None = None
     n_threads: int | None = None
+    flash_attn: str = "auto"  # "auto" | "on" | "off", as llama-server's --flash-attn
     embedding: bool = False
     n_batch: int = 512
     chat_template: str | None = None  # replaces the GGUF's own template when set
@@ -352,6 +358,7 @@ class LlamaEngine:
         # Keep every position of sliding-window layers, so that cached prefixes stay reusable.
         params.swa_full = True
         params.no_perf = True
+        params.flash_attn_type = _FLASH_ATTN_TYPES[s.flash_attn]
         cores = multiprocessing.cpu_count()
         params.n_threads = s.n_threads or max(cores // 2, 1)
         params.n_threads_batch = s.n_threads or cores

@@ -151,3 +151,20 @@ def test_estimate_matches_the_engines_kv_pool(model: str, parallel: int) -> None
         assert abs(ours - theirs) / theirs <= TOLERANCE, (
             f"{model} parallel={parallel} {what}: ours {ours:.2f} MiB vs llama.cpp {theirs:.2f} MiB"
         )
+
+
+
+@pytest.mark.parametrize(("mode", "logged"), [("on", "enabled"), ("off", "disabled")])
+def test_flash_attn_setting_reaches_llama_cpp(mode: str, logged: str) -> None:
+    """`[engine] flash_attn` is the context's flash-attention type, as llama.cpp reports it."""
+    import asyncio
+
+    from neuron.engine.llama import LlamaEngine, LlamaSettings
+
+    settings = LlamaSettings(str(_model_path("smollm2")), n_ctx=256, parallel=1, flash_attn=mode)
+    engine = LlamaEngine("m", settings)
+    with _llama_log() as chunks:
+        asyncio.run(engine.start())
+    asyncio.run(engine.close())
+    lines = [line for line in "".join(chunks).splitlines() if "flash_attn " in line]
+    assert lines and all(line.split("=")[-1].strip() == logged for line in lines), lines

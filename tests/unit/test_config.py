@@ -166,3 +166,25 @@ def test_neuron_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path.write_text("vram_headroom = 5\n")
     with pytest.raises(ConfigError, match="unknown key"):
         load_neuron_config(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "auto"),
+        ('[engine]\nflash_attn = "off"\n', "off"),
+        ('[engine]\nflash_attn = "on"\n', "on"),
+    ],
+)
+def test_neuron_flash_attn_mode(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "neuron.toml"
+    path.write_text(text)
+    assert load_neuron_config(path).flash_attn == expected
+
+
+def test_neuron_flash_attn_rejects_other_values(tmp_path: Path) -> None:
+    path = tmp_path / "neuron.toml"
+    path.write_text('[engine]\nparallel = 2\nflash_attn = "yes"\n')
+    with pytest.raises(ConfigError, match='"auto", "on", "off"') as info:
+        load_neuron_config(path)
+    assert info.value.key == "engine.flash_attn" and info.value.line == 3
