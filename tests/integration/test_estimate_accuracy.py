@@ -153,7 +153,6 @@ def test_estimate_matches_the_engines_kv_pool(model: str, parallel: int) -> None
         )
 
 
-
 @pytest.mark.parametrize(("mode", "logged"), [("on", "enabled"), ("off", "disabled")])
 def test_flash_attn_setting_reaches_llama_cpp(mode: str, logged: str) -> None:
     """`[engine] flash_attn` is the context's flash-attention type, as llama.cpp reports it."""
