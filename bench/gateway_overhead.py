@@ -31,13 +31,15 @@ reported too. `--breakdown` adds three reference gateways to phases 1 and 3 to s
 cortex's time goes: `sanic-fixed` (Sanic set up as cortex is, answering by itself), `sanic-httpx`
 (the same plus the upstream call exactly as `cortex-httpx` makes it, without routing or metrics)
 and `sanic-httptools` (likewise on cortex's bare connections, and in phase 2 too: streams relayed
-piece by piece, unparsed — the floor under cortex-httptools).
+piece by piece, unparsed — the floor under cortex-httptools). `--nginx` adds nginx (a reverse
+proxy in C: one worker, keep-alive upstream, no buffering) to every phase: what any relay costs
+on this machine, whatever its language.
 
 The machine may be shared: the script first waits (up to --load-wait-s) until the 1-minute load
 average is at most --max-load and at most --max-busy cores are in use, and it reports, per phase,
 the cores that processes other than its own used meanwhile.
 
-    python bench/gateway_overhead.py [--skip-litellm] [--breakdown] [--json out.json]
+    python bench/gateway_overhead.py [--skip-litellm] [--breakdown] [--nginx] [--json out.json]
                                      [--cortex-src DIR] [--requests 2000]
                                      [--transports httptools,aiohttp,httpx]
 
@@ -301,6 +303,30 @@ REFERENCES = ("sanic-fixed", "sanic-httpx", "sanic-httptools")
 STREAMING_REFERENCES = ("sanic-httptools",)  # the references that relay streams too
 
 
+def nginx_config(workdir: Path, port: int, upstream: int) -> Path:
+    """An nginx.conf for `--nginx`: one worker in the foreground, a keep-alive upstream pool,
+    nothing buffered either way (each streamed piece goes on as it arrives), no access log —
+    a reverse proxy written in C, for the floor that any relay has on this machine."""
+    path = workdir / "nginx.conf"
+    temp = workdir / "nginx-temp"
+    temp.mkdir(exist_ok=True)
+    path.write_text(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\n"
+        f"pid {workdir}/nginx.pid;\nerror_log {workdir}/nginx-error.log warn;\n"
+        "events { worker_connections 1024; }\n"
+        "http {\n  access_log off;\n"
+        f"  client_body_temp_path {temp}/body;\n  proxy_temp_path {temp}/proxy;\n"
+        f"  fastcgi_temp_path {temp}/fastcgi;\n  uwsgi_temp_path {temp}/uwsgi;\n"
+        f"  scgi_temp_path {temp}/scgi;\n"
+        f"  upstream stub {{ server 127.0.0.1:{upstream}; keepalive 128; }}\n"
+        f"  server {{\n    listen 127.0.0.1:{port};\n    keepalive_requests 1000000;\n"
+        "    location / {\n      proxy_pass http://stub;\n      proxy_http_version 1.1;\n"
+        '      proxy_set_header Connection "";\n      proxy_buffering off;\n'
+        "      proxy_request_buffering off;\n      tcp_nodelay on;\n    }\n  }\n}\n"
+    )
+    return path
+
+
 def reference_gateway(kind: str, port: int, upstream: int) -> None:
     """`--breakdown` helpers, run as `gateway_overhead.py _reference KIND PORT UPSTREAM`.
 
@@ -536,6 +562,11 @@ def servers(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Serve
                 {"PYTHONPATH": str(src)},
                 cwd=src,
             )
+        if args.nginx:
+            nginx_port = free_port()
+            config = nginx_config(workdir, nginx_port, stub_port)
+            argv = [args.nginx, "-p", str(workdir), "-c", str(config)]
+            started["nginx"] = spawn("nginx", argv, workdir, nginx_port, "/v1/chat/completions")
         if not args.skip_litellm:
             binary = ensure_litellm(args.litellm_spec)
             ll_port = free_port()
@@ -557,6 +588,8 @@ def servers(args: argparse.Namespace, workdir: Path) -> Iterator[dict[str, Serve
             )
         for kind in REFERENCES if args.breakdown else ():
             wait_ready(started[kind], "/v1/chat/completions", lambda r: True, 30)
+        if "nginx" in started:
+            wait_ready(started["nginx"], "/health", lambda r: r.status_code == 200, 20)
         if "litellm" in started:
             wait_ready(started["litellm"], "/health/readiness", lambda r: r.is_success, 120)
         yield started
@@ -849,6 +882,13 @@ def main(argv: list[str] | None = None) -> int:
         "--breakdown",
         action="store_true",
         help="also measure two reference gateways: bare Sanic, and Sanic + cortex-httpx's call",
+    )
+    parser.add_argument(
+        "--nginx",
+        nargs="?",
+        const=shutil.which("nginx") or "/usr/sbin/nginx",
+        help="also relay through nginx (a reverse proxy in C, no buffering) as a reference path "
+        "in every phase; the binary defaults to the one on PATH",
     )
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_reference"]:
