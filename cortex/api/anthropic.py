@@ -104,7 +104,7 @@ class _Framer:
     def keepalive(self) -> bytes:
         return sse.events([ping()])
 
-    def feed(self, chunk: dict[str, Any]) -> bytes:
+    def feed(self, chunk: dict[str, Any], raw: str) -> bytes:
         return sse.events(self._translator.feed(chunk))
 
     def finish(self) -> bytes:

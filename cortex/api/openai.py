@@ -155,7 +155,7 @@ async def _relay_stream(
 
 
 class _Framer:
-    """`sse.Framer` for OpenAI streams: the neuron's chunks as they are, `data: [DONE]` last.
+    """`sse.Framer` for OpenAI streams: the neuron's chunks as it wrote them, `data: [DONE]` last.
 
     Headers wait for the first keep-alive interval (see `sse`). The usage-only chunk the
     gateway asked for on its own behalf is dropped unless the client asked for usage too."""
@@ -171,10 +171,10 @@ class _Framer:
     def keepalive(self) -> bytes:
         return sse.KEEPALIVE
 
-    def feed(self, chunk: dict[str, Any]) -> bytes:
+    def feed(self, chunk: dict[str, Any], raw: str) -> bytes:
         if not self._keep_usage and chunk.get("usage") and chunk.get("choices") == []:
             return b""
-        return sse.data(chunk)
+        return b"data: " + raw.encode() + b"\n\n"  # as the neuron wrote it: no re-encoding
 
     def finish(self) -> bytes:
         return sse.DONE

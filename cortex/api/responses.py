@@ -48,7 +48,7 @@ class _Framer:
     def keepalive(self) -> bytes:
         return sse.KEEPALIVE
 
-    def feed(self, chunk: dict[str, Any]) -> bytes:
+    def feed(self, chunk: dict[str, Any], raw: str) -> bytes:
         return sse.events(self._stream.feed(chunk))
 
     def finish(self) -> bytes:

@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 from sanic import Request
 from sanic.response import HTTPResponse
 
-from cortex.control.dispatcher import Dispatcher, Exchange
+from cortex.control.dispatcher import Dispatcher
 from cortex.errors import CortexError
 from cortex.metrics import RequestObserver
 
@@ -59,7 +59,8 @@ def events(pairs: list[tuple[str, dict[str, Any]]]) -> bytes:
 class Framer(Protocol):
     """One dialect's view of one stream; every method returns the bytes to send (possibly
     none). `start` comes first and once, when the response opens (see `opens_at_once`); after
-    `finish` or `fail` nothing is sent."""
+    `finish` or `fail` nothing is sent. `feed` gets each chunk parsed and as the neuron wrote it
+    (`raw`, the JSON text of its `data:` line), for a dialect that passes it on unchanged."""
 
     opens_at_once: bool
 
@@ -67,7 +68,7 @@ class Framer(Protocol):
 
     def keepalive(self) -> bytes: ...
 
-    def feed(self, chunk: dict[str, Any]) -> bytes: ...
+    def feed(self, chunk: dict[str, Any], raw: str) -> bytes: ...
 
     def finish(self) -> bytes: ...
 
@@ -79,23 +80,51 @@ async def with_keepalives(
 ) -> T:
     """The result of `work`, calling `beat()` every `interval` seconds until it is there.
 
-    If the caller is cancelled (the client went away) or `beat` fails (its connection broke),
-    `work` is cancelled too; an `Exchange` it already opened is closed, so the neuron stops."""
-    task = asyncio.ensure_future(work)
+    `work` runs in the caller's own task, so the usual request, answered within the first
+    interval, costs no task and no extra turn of the event loop; the beats run in a task
+    started after one interval. If the caller is cancelled (the client went away) or `beat` fails
+    (its connection broke: that error is raised), `work` is cancelled where it waits and cleans up
+    itself. A beat under way when `work` ends is let finish, never cut off mid-write; no beat
+    starts after it."""
+    loop = asyncio.get_running_loop()
+    caller = asyncio.current_task()
+    assert caller is not None
+    beats: asyncio.Task[None] | None = None
+    failure: BaseException | None = None
+    done = in_beat = False
+
+    async def keep_beating() -> None:
+        nonlocal failure, in_beat
+        while not done:
+            in_beat = True
+            try:
+                await beat()
+            except Exception as exc:
+                if not done:
+                    failure = exc
+                    caller.cancel()
+                return
+            finally:
+                in_beat = False
+            await asyncio.sleep(interval)
+
+    def start() -> None:
+        nonlocal beats
+        beats = loop.create_task(keep_beating())
+
+    timer = loop.call_later(interval, start)
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=interval)
-            if done:
-                return task.result()
-            await beat()
-    except BaseException:
-        if not task.done():
-            task.cancel()
-        elif not task.cancelled() and task.exception() is None:
-            opened = task.result()
-            if isinstance(opened, Exchange):
-                await opened.close()
+        return await work
+    except asyncio.CancelledError:
+        if failure is not None:
+            caller.uncancel()
+            raise failure from None
         raise
+    finally:
+        done = True
+        timer.cancel()
+        if beats is not None and not in_beat:
+            beats.cancel()
 
 
 async def relay(
@@ -151,15 +180,16 @@ async def relay(
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             observer.chunk()
+            text = line[6:]
             try:
-                chunk = json.loads(line[6:])
+                chunk = json.loads(text)
             except ValueError:
                 continue  # not a chunk: nothing a client could use
             if not isinstance(chunk, dict):
                 continue
             if chunk.get("usage"):
                 observer.usage(chunk["usage"])
-            await send(framer.feed(chunk))
+            await send(framer.feed(chunk, text))
         await send(framer.finish())
     except CortexError as exc:  # the neuron broke off or went silent: end the stream cleanly
         await send(framer.fail(exc))

@@ -40,6 +40,10 @@ MAX_DEPTH = 64
 # No API field takes a number anywhere near this long; Python itself refuses past 4300 digits.
 MAX_INT_DIGITS = 64
 _BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+# Where decoded text could hold a NUL or a surrogate: valid UTF-8 holds neither, and JSON allows
+# neither raw in a string, so they can only come from a \u0000 or \ud800-\udfff escape (a pair
+# of those is an emoji, which decodes to one code point, but is checked anyway).
+_MAYBE_BAD_ESCAPE = re.compile(r"\\u(?:0000|d[89a-f][0-9a-f]{2})", re.IGNORECASE)
 _PROMPT_PARAM = {"chat": "messages", "completions": "prompt", "embeddings": "input"}
 
 
@@ -67,8 +71,9 @@ def _parse_constant(name: str) -> Any:
 def decode(raw: bytes) -> Any:
     """The JSON value of a request body, refused unless it is safe to pass on (see above)."""
     try:
+        text = raw.decode("utf-8")
         value = json.loads(
-            raw.decode("utf-8"),
+            text,
             parse_int=_parse_int,
             parse_float=_parse_float,
             parse_constant=_parse_constant,
@@ -81,11 +86,37 @@ def decode(raw: bytes) -> Any:
         raise InvalidRequest(f"request body is not acceptable JSON: {exc}") from None
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
-    _check_tree(value)
+    if not _is_clean(value, strings=_MAYBE_BAD_ESCAPE.search(text) is not None):
+        _refuse_first_fault(value)
     return value
 
 
-def _check_tree(value: Any) -> None:
+def _is_clean(value: Any, *, strings: bool) -> bool:
+    """Whether `value` nests at most MAX_DEPTH deep and (when `strings`) holds no bad text: one
+    quick walk that builds no paths; `_refuse_first_fault` finds and names a fault when not."""
+    if not isinstance(value, (dict, list)):
+        return not (strings and isinstance(value, str) and _BAD_TEXT.search(value))
+    pending: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            if strings and any(_BAD_TEXT.search(key) for key in item):
+                return False
+            children: Any = item.values()
+        else:
+            children = item
+        if children and depth >= MAX_DEPTH:  # its children would nest deeper than allowed
+            return False
+        for child in children:
+            if isinstance(child, (dict, list)):
+                pending.append((child, depth + 1))
+            elif strings and isinstance(child, str) and _BAD_TEXT.search(child):
+                return False
+    return True
+
+
+def _refuse_first_fault(value: Any) -> None:
+    """Raise for the first fault of `value`, naming where it is (`param`)."""
     pending: list[tuple[Any, str, int]] = [(value, "", 1)]
     while pending:
         item, path, depth = pending.pop()
