@@ -27,11 +27,13 @@ Phases, each after a warm-up:
 3. throughput — non-streaming requests/s with 16 concurrent keep-alive clients, each path alone
    for a fixed time.
 Each gateway's own CPU time per request over phase 1 (from /proc/PID/task/*/schedstat) is
-reported too. `--breakdown` adds three reference gateways to phases 1 and 3 to show where
+reported too. `--breakdown` adds four reference gateways to phases 1 and 3 to show where
 cortex's time goes: `sanic-fixed` (Sanic set up as cortex is, answering by itself), `sanic-httpx`
 (the same plus the upstream call exactly as `cortex-httpx` makes it, without routing or metrics)
 and `sanic-httptools` (likewise on cortex's bare connections, and in phase 2 too: streams relayed
-piece by piece, unparsed — the floor under cortex-httptools). `--nginx` adds nginx (a reverse
+piece by piece, unparsed — the floor under cortex-httptools); and `asyncio-httptools`, the same
+relay with no web framework (an asyncio protocol parsing with httptools and writing straight to
+the socket), in phase 2 too. `--nginx` adds nginx (a reverse
 proxy in C: one worker, keep-alive upstream, no buffering) to every phase: what any relay costs
 on this machine, whatever its language.
 
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -299,8 +302,9 @@ def wait_for_quiet(max_load: float, max_busy: float, wait_s: float) -> tuple[flo
 
 # --------------------------------------------------------------------------- reference gateways
 
-REFERENCES = ("sanic-fixed", "sanic-httpx", "sanic-httptools")
-STREAMING_REFERENCES = ("sanic-httptools",)  # the references that relay streams too
+REFERENCES = ("sanic-fixed", "sanic-httpx", "sanic-httptools", "asyncio-httptools")
+# The references that relay streams too.
+STREAMING_REFERENCES = ("sanic-httptools", "asyncio-httptools")
 
 
 def nginx_config(workdir: Path, port: int, upstream: int) -> Path:
@@ -338,6 +342,9 @@ def reference_gateway(kind: str, port: int, upstream: int) -> None:
     cortex-httptools), and streams too: each piece relayed as it arrives, unparsed — the floor
     of a Sanic gateway on that client.
     """
+    if kind == "asyncio-httptools":
+        bare_relay(port, upstream)
+        return
     from sanic import Request, Sanic
     from sanic.response import HTTPResponse, raw
 
@@ -392,6 +399,86 @@ def reference_gateway(kind: str, port: int, upstream: int) -> None:
         return raw(content, status=response.status_code, content_type="application/json")
 
     app.run(host="127.0.0.1", port=port, single_process=True, motd=False, access_log=False)
+
+
+def bare_relay(port: int, upstream: int) -> None:
+    """The `asyncio-httptools` reference: sanic-httptools's relay with no web framework at all —
+    an asyncio protocol on uvloop parsing requests with httptools and writing the answer, whole
+    or as chunked pieces as they arrive, straight to the socket. What a Python relay costs here
+    below Sanic's request and response machinery."""
+    from collections.abc import Coroutine
+
+    from cortex.nodes.wire import WireStreams
+
+    url = f"http://127.0.0.1:{upstream}/v1/chat/completions"
+    headers = {"Content-Type": "application/json"}
+    wire = WireStreams(3.0)
+
+    class Relay(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.parser = httptools.HttpRequestParser(self)
+            self.transport: asyncio.Transport | None = None
+            self.body: list[bytes] = []
+            self.turn: asyncio.Task[None] | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport  # type: ignore[assignment]
+            sock = transport.get_extra_info("socket")
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def data_received(self, data: bytes) -> None:
+            self.parser.feed_data(data)
+
+        def on_message_begin(self) -> None:
+            self.body = []
+
+        def on_body(self, body: bytes) -> None:
+            self.body.append(body)
+
+        def on_message_complete(self) -> None:
+            method = self.parser.get_method()
+            work = self.answer(b"".join(self.body)) if method == b"POST" else self.refuse()
+            self.turn = asyncio.get_running_loop().create_task(self.after(self.turn, work))
+
+        async def after(self, previous: asyncio.Task[None] | None, work: Coroutine) -> None:
+            if previous is not None:
+                await previous  # pipelined requests are answered in order
+            await work
+
+        async def refuse(self) -> None:
+            assert self.transport is not None
+            self.transport.write(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n")
+
+        async def answer(self, body: bytes) -> None:
+            transport = self.transport
+            assert transport is not None
+            json.loads(body)
+            answer = await wire.send(url, body, headers)
+            try:
+                if answer.headers.get("content-type") != "text/event-stream":
+                    content = await answer.aread()
+                    head = b"HTTP/1.1 %d OK\r\ncontent-type: application/json\r\n" % (
+                        answer.status_code
+                    )
+                    transport.write(head + b"content-length: %d\r\n\r\n" % len(content) + content)
+                    return
+                transport.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                    b"transfer-encoding: chunked\r\n\r\n"
+                )
+                async for piece in answer.aiter_raw():
+                    transport.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+                transport.write(b"0\r\n\r\n")
+            finally:
+                await answer.aclose()
+
+    async def serve() -> None:
+        server = await asyncio.get_running_loop().create_server(Relay, "127.0.0.1", port)
+        async with server:
+            await server.serve_forever()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(serve())
 
 
 # --------------------------------------------------------------------------- processes
@@ -881,7 +968,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--breakdown",
         action="store_true",
-        help="also measure two reference gateways: bare Sanic, and Sanic + cortex-httpx's call",
+        help="also measure the reference gateways (bare Sanic, Sanic + each client, a bare relay)",
     )
     parser.add_argument(
         "--nginx",
