@@ -107,3 +107,34 @@ def test_the_deepest_accepted_body_and_one_more() -> None:
 )
 def test_min_prompt_tokens(body: dict, floor: int) -> None:
     assert min_prompt_tokens(body) == floor
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (rb'{"a": "x\u0000y"}', "a"),
+        (rb'{"a": ["ok", "\uDFFF"]}', "a[1]"),  # upper-case hex: JSON allows it
+        (rb'{"a\ud800": 1}', None),  # a key: the body, no param
+        (rb'{"m": [{"c": "\u0000"}]}', "m[0].c"),
+        (
+            b'{"deep": ' + b"[" * MAX_DEPTH + b"]" * MAX_DEPTH + b"}",
+            "deep" + "[0]" * (MAX_DEPTH - 1),
+        ),
+    ],
+)
+def test_bad_text_and_depth_are_refused_where_they_are(raw: bytes, param: str | None) -> None:
+    with pytest.raises(InvalidRequest) as refused:
+        decode(raw)
+    assert refused.value.param == param
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        rb'{"a": "\\u0000 is how JSON writes NUL"}',  # an escaped backslash, then text
+        rb'{"emoji": "\ud83d\ude00", "e": "\u00e9"}',  # a surrogate pair decodes to one point
+        '{"text": "caf\u00e9 \U0001f600"}'.encode(),  # raw UTF-8, nothing escaped
+    ],
+)
+def test_escapes_that_decode_to_good_text_pass(raw: bytes) -> None:
+    assert isinstance(decode(raw), dict)
