@@ -99,7 +99,12 @@ async def with_keepalives(
             in_beat = True
             try:
                 await beat()
-            except Exception as exc:
+            except BaseException as exc:
+                this = asyncio.current_task()
+                if isinstance(exc, asyncio.CancelledError) and this and this.cancelling():
+                    raise  # this task itself is being cancelled (the loop is shutting down)
+                # Sanic's RequestCancelled (the client is gone) is a CancelledError too: it is
+                # the beat's failure like any other.
                 if not done:
                     failure = exc
                     caller.cancel()

@@ -114,3 +114,27 @@ def test_the_work_runs_in_the_callers_own_task() -> None:
         return await with_keepalives(work(), beat, 1.0) is asyncio.current_task()
 
     assert asyncio.run(main())
+
+
+def test_a_beat_cancelled_by_a_gone_client_cancels_the_work() -> None:
+    class ClientGone(asyncio.CancelledError):  # as Sanic's RequestCancelled
+        pass
+
+    cancelled = asyncio.Event()
+
+    async def beat() -> None:
+        raise ClientGone
+
+    async def work() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def main() -> None:
+        with pytest.raises(ClientGone):
+            await asyncio.wait_for(with_keepalives(work(), beat, 0.02), 2)
+        assert cancelled.is_set()
+
+    asyncio.run(main())
