@@ -28,6 +28,8 @@ DEFAULT_N_CTX = 4096
 
 
 DEFAULT_PARALLEL = 4
+# Half of llama-server's --cache-ram default: a neuron serves several models from one host's RAM.
+DEFAULT_CACHE_RAM_MB = 4096
 FLASH_ATTN_MODES = ("auto", "on", "off")
 
 
@@ -48,8 +50,9 @@ class NeuronConfig:
     Sizes are MiB (`vram_headroom_mb` is kept free on every GPU) and durations seconds; `parallel`
     is how many sequences a model decodes together unless its spec says; `flash_attn` is llama.cpp's
     flash-attention mode for every model of this host (`auto` lets llama.cpp decide per backend);
-    `n_threads` None lets the engine choose; with no `auth_token` every route is open.
-    `default_models` load at startup.
+    `cache_ram_mb` is the host RAM each loaded model may fill with prefixes parked out of its KV
+    pool (0: none); `n_threads` None lets the engine choose; with no `auth_token` every route is
+    open. `default_models` load at startup.
     """
 
     listen: str = DEFAULT_LISTEN
@@ -62,6 +65,7 @@ class NeuronConfig:
     admission: Admission = field(default_factory=Admission)
     parallel: int = DEFAULT_PARALLEL
     flash_attn: str = "auto"
+    cache_ram_mb: int = DEFAULT_CACHE_RAM_MB
     auth_token: str | None = None
     auth_inference: bool = True  # with a token: required on /v1/* and /tokenize too
     max_body_mb: float = 8.0
@@ -111,6 +115,7 @@ def load_config(path: Path | None = None) -> NeuronConfig:
     engine_table = root.table("engine")
     parallel = engine_table.get("parallel", int, DEFAULT_PARALLEL, _parallel)
     flash_attn = engine_table.get("flash_attn", str, "auto", _flash_attn)
+    cache_ram_mb = engine_table.get("cache_ram_mb", int, DEFAULT_CACHE_RAM_MB, non_negative)
     engine_table.finish()
     auth = root.table("auth")
     token = auth.get("token", str, None) or None
@@ -131,6 +136,7 @@ def load_config(path: Path | None = None) -> NeuronConfig:
         admission=admission,
         parallel=parallel,
         flash_attn=flash_attn,
+        cache_ram_mb=cache_ram_mb,
         auth_token=token,
         auth_inference=auth_inference,
         max_body_mb=root.get("max_body_mb", float, 8.0, positive),

@@ -159,6 +159,8 @@ class Resident:
             kv_cells_used=live.kv_cells_used if live else None,
             kv_cells_total=live.kv_cells_total if live else None,
             cache_sequences=live.cache_sequences if live else None,
+            parked_prefixes=live.parked_prefixes if live else None,
+            parked_bytes=live.parked_bytes if live else None,
         )
 
 
@@ -372,6 +374,7 @@ class ModelManager:
             tensor_split=plan.tensor_split if self.gpu_offload and plan.tensor_split else None,
             n_threads=self.config.n_threads,
             flash_attn=self.config.flash_attn,
+            cache_ram_mb=self.config.cache_ram_mb,
             embedding=spec.embedding,
             chat_template=spec.chat_template,
         )

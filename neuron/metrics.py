@@ -119,6 +119,21 @@ class _StateCollector(Collector):
                 "Finished sequences kept for prefix reuse",
                 labels=["model"],
             ),
+            "parked": GaugeMetricFamily(
+                "neuron_model_prefix_ram_entries",
+                "Cached prefixes parked in host RAM",
+                labels=["model"],
+            ),
+            "parked_bytes": GaugeMetricFamily(
+                "neuron_model_prefix_ram_bytes",
+                "Host RAM held by parked prefixes",
+                labels=["model"],
+            ),
+            "restored": CounterMetricFamily(
+                "neuron_model_prefix_restored_tokens",
+                "Prompt tokens served from prefixes parked in host RAM",
+                labels=["model"],
+            ),
             "vram": GaugeMetricFamily(
                 "neuron_model_vram_planned_bytes",
                 "VRAM planned (offloaded layers)",
@@ -146,6 +161,9 @@ class _StateCollector(Collector):
                 families["decode"].add_metric(model, stats.decode_tokens)
                 families["kv"].add_metric(model, stats.kv_cells_used)
                 families["cache"].add_metric(model, stats.cache_sequences)
+                families["parked"].add_metric(model, stats.parked_prefixes)
+                families["parked_bytes"].add_metric(model, stats.parked_bytes)
+                families["restored"].add_metric(model, stats.restored_tokens)
             if resident.placement is not None:
                 families["estimate"].add_metric(model, resident.placement.estimate.host_mb * MIB)
                 planned = sum(resident.placement.plan.device_mb.values())

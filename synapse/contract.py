@@ -142,6 +142,8 @@ class ModelHealth:
     kv_cells_used: int | None = None
     kv_cells_total: int | None = None
     cache_sequences: int | None = None
+    parked_prefixes: int | None = None  # cached prefixes parked in host RAM
+    parked_bytes: int | None = None
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,16 @@ and every sampler; nothing else calls into llama.cpp. Each step it:
 1. takes new commands (generations, one-shot jobs such as tokenize/embed, stop),
 2. finishes cancelled generations (their evaluated prefix stays cached),
 3. admits waiting generations into free sequences, reusing the longest cached prefix
-   (`prefix.choose_sequence`) and trimming or copying KV accordingly,
+   (`prefix.choose_sequence`) and trimming, copying or restoring KV accordingly,
 4. builds one batch — one token per generating sequence plus chunked prefill, or a short
-   prompt alone first (`batching.plan_batch`) — making room by dropping cached sequences LRU
-   first,
+   prompt alone first (`batching.plan_batch`) — making room by moving cached sequences out of
+   the pool LRU first,
 5. decodes once and samples every sequence that wanted logits with its own sampler chain.
+
+A cached sequence that gives way is parked in host RAM (`llama_state_seq_get_data`, up to
+`cache_ram_mb`, least recently used dropped first) instead of being forgotten, and restored into
+a sequence (`llama_state_seq_set_data`) when a prompt matches it again: copying a prefix's KV
+costs milliseconds where reading it again costs seconds.
 
 Tokens reach the event loop through `loop.call_soon_threadsafe`; a consumer that stops reading
 sets its generation's cancel flag, which the thread honours at the next step.
@@ -40,7 +45,16 @@ import numpy as np
 
 from neuron.engine.batching import SequenceNeed, plan_batch
 from neuron.engine.memory import return_freed_memory
-from neuron.engine.prefix import CachedSequence, Reuse, cells_to_free, choose_sequence
+from neuron.engine.prefix import (
+    KEEP_TAIL_TOKENS,
+    CachedSequence,
+    ParkedPrefix,
+    Reuse,
+    cells_to_free,
+    choose_sequence,
+    park_plan,
+    parked_over_budget,
+)
 from neuron.engine.sampler import SamplerChain, token_logprob
 from neuron.engine.text import TextAssembler
 from neuron.engine.types import (
@@ -96,6 +110,7 @@ class LlamaSettings:
     tensor_split: tuple[float, ...] | None = None
     n_threads: int | None = None
     flash_attn: str = "auto"  # "auto" | "on" | "off", as llama-server's --flash-attn
+    cache_ram_mb: int = 0  # host RAM for prefixes parked out of the KV pool; 0: none
     embedding: bool = False
     n_batch: int = 512
     chat_template: str | None = None  # replaces the GGUF's own template when set
@@ -117,6 +132,15 @@ class _Sequence:
     tokens: list[int] = field(default_factory=list)
     last_used: float = 0.0
     busy: bool = False
+
+
+@dataclass
+class _Parked:
+    """A sequence's KV in host RAM, as `llama_state_seq_get_data` wrote it."""
+
+    tokens: list[int]
+    data: Any  # ctypes c_uint8 array
+    last_used: float
 
 
 @dataclass
@@ -173,7 +197,17 @@ class LlamaEngine:
         self._admissions = 0
         self._closed = False
         self._stats = EngineStats()
-        self._counters = {"steps": 0, "batch": 0, "prefill": 0, "decode": 0, "cached": 0}
+        self._counters = {
+            "steps": 0,
+            "batch": 0,
+            "prefill": 0,
+            "decode": 0,
+            "cached": 0,
+            "parked": 0,
+            "restored": 0,
+        }
+        self._parked: dict[int, _Parked] = {}
+        self._park_keys = 0
         self._last_batch = 0
         self._decoders_waited = False  # the last step read prompts only while others decoded
         self._model: Any = None
@@ -252,6 +286,7 @@ class LlamaEngine:
 
     def stats(self) -> EngineStats:
         counters = self._counters
+        parked = list(self._parked.values())  # a copy: the scheduler thread may change the dict
         return EngineStats(
             slots_busy=len(self._active),
             slots_total=self.settings.parallel,
@@ -265,6 +300,10 @@ class LlamaEngine:
             kv_cells_used=sum(len(s.tokens) for s in self._seqs),
             kv_cells_total=self.settings.kv_cells,
             last_batch_tokens=self._last_batch,
+            parked_prefixes=len(parked),
+            parked_bytes=sum(len(entry.data) for entry in parked),
+            parked_total=counters["parked"],
+            restored_tokens=counters["restored"],
         )
 
     async def _call(self, work: Callable[[], Any]) -> Any:
@@ -377,6 +416,7 @@ class LlamaEngine:
         return ctx
 
     def _free_native(self) -> None:
+        self._parked.clear()
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
@@ -475,9 +515,13 @@ class LlamaEngine:
                     self._waiting.popleft()
                     self._emit(generation, exc)
                     continue
-            views = [CachedSequence(s.seq_id, s.tokens, s.last_used, s.busy) for s in self._seqs]
             assert generation.tokens is not None
-            reuse = choose_sequence(generation.tokens, views, reuse=generation.request.reuse_prefix)
+            reuse = choose_sequence(
+                generation.tokens,
+                self._views(),
+                self._parked_views(),
+                reuse=generation.request.reuse_prefix,
+            )
             if reuse is None:
                 return
             self._waiting.popleft()
@@ -516,18 +560,25 @@ class LlamaEngine:
         memory = llama_cpp.llama_get_memory(self._ctx)
         seq = self._seqs[reuse.seq_id]
         keep = reuse.keep
-        if reuse.copy_from is not None:
-            llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, -1, -1)
+        if reuse.restore is not None:
+            self._evict(seq)
+            busy = frozenset(g.seq.seq_id for g in self._active if g.seq is not None)
+            keep = self._restore(reuse.restore, seq, keep, busy)
+        elif reuse.copy_from is not None:
+            self._evict(seq)
             source = self._seqs[reuse.copy_from]
             llama_cpp.llama_memory_seq_cp(memory, source.seq_id, seq.seq_id, 0, keep)
             seq.tokens = source.tokens[:keep]
-        elif not llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, keep, -1):
-            # Recurrent and hybrid memories cannot drop a tail: start the sequence afresh.
-            llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, -1, -1)
-            keep = 0
-            seq.tokens = []
         else:
-            del seq.tokens[keep:]
+            if len(seq.tokens) - keep >= KEEP_TAIL_TOKENS:
+                self._park(seq)  # another conversation's KV is cut away: keep it in RAM
+            if llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, keep, -1):
+                del seq.tokens[keep:]
+            else:
+                # Recurrent and hybrid memories cannot drop a tail: start the sequence afresh.
+                llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, -1, -1)
+                keep = 0
+                seq.tokens = []
         seq.busy = True
         self._admissions += 1
         generation.seq = seq
@@ -593,12 +644,71 @@ class LlamaEngine:
             self._sample(generation, index)
 
     def _make_room(self, need: int, exclude: frozenset[int]) -> None:
-        views = [CachedSequence(s.seq_id, s.tokens, s.last_used, s.busy) for s in self._seqs]
         free = self.settings.kv_cells - sum(len(s.tokens) for s in self._seqs)
+        for seq_id in cells_to_free(self._views(), need=need, free=free, exclude=exclude):
+            self._evict(self._seqs[seq_id])
+
+    # -- scheduler thread: the prefix cache's two tiers ---------------------------------------
+
+    def _views(self) -> list[CachedSequence]:
+        return [CachedSequence(s.seq_id, s.tokens, s.last_used, s.busy) for s in self._seqs]
+
+    def _parked_views(self) -> list[ParkedPrefix]:
+        return [
+            ParkedPrefix(key, entry.tokens, entry.last_used, len(entry.data))
+            for key, entry in self._parked.items()
+        ]
+
+    def _evict(self, seq: _Sequence) -> None:
+        """Empty an idle sequence, parking its KV in host RAM when that is worth it."""
+        if not seq.tokens:
+            return
+        self._park(seq)
+        llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self._ctx), seq.seq_id, -1, -1)
+        seq.tokens = []
+
+    def _park(self, seq: _Sequence) -> None:
+        """Copy a sequence's KV into host RAM (the sequence itself is left as it is)."""
+        budget = self.settings.cache_ram_mb << 20
+        if budget <= 0:
+            return
+        plan = park_plan(seq.tokens, self._parked_views())
+        if not plan.park:
+            return
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, seq.seq_id)
+        if size > budget:
+            return
+        data = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(self._ctx, data, size, seq.seq_id) != size:
+            log.warning("engine %s: could not copy a cached prefix out of the pool", self.model_id)
+            return
+        for key in plan.superseded:
+            del self._parked[key]
+        self._park_keys += 1
+        self._parked[self._park_keys] = _Parked(list(seq.tokens), data, seq.last_used)
+        self._counters["parked"] += 1
+        for key in parked_over_budget(self._parked_views(), budget):
+            del self._parked[key]
+
+    def _restore(self, key: int, seq: _Sequence, keep: int, exclude: frozenset[int]) -> int:
+        """Bring parked prefix `key` back into the empty sequence `seq` and trim it to `keep`
+        tokens; returns how many it holds (0 when the pool has no room for it)."""
+        entry = self._parked.pop(key)
+        self._make_room(len(entry.tokens), exclude | {seq.seq_id})
         memory = llama_cpp.llama_get_memory(self._ctx)
-        for seq_id in cells_to_free(views, need=need, free=free, exclude=exclude):
-            llama_cpp.llama_memory_seq_rm(memory, seq_id, -1, -1)
-            self._seqs[seq_id].tokens = []
+        restored = llama_cpp.llama_state_seq_set_data(
+            self._ctx, entry.data, len(entry.data), seq.seq_id
+        )
+        if not restored:
+            llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, -1, -1)
+            self._parked[key] = entry  # not lost: another request may fit it later
+            return 0
+        if not llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, keep, -1):
+            llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, -1, -1)
+            return 0
+        seq.tokens = entry.tokens[:keep]
+        self._counters["restored"] += keep
+        return keep
 
     def _decode_failed(self, result: int) -> None:
         if result == 1 and len(self._active) > 1:

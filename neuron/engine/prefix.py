@@ -1,8 +1,15 @@
 """Prefix cache policy: which KV sequence a new request takes, and what cached KV gives way.
 
 Pure: plain token lists in, a decision out; `LlamaEngine` carries it out with llama.cpp's
-memory calls (`seq_rm` to trim, `seq_cp` to share a prefix). The KV pool is unified, so a copied
-prefix shares cells with its source instead of duplicating them.
+memory calls (`seq_rm` to trim, `seq_cp` to share a prefix, `state_seq_get/set_data` to park a
+sequence in host RAM and bring it back). The KV pool is unified, so a copied prefix shares
+cells with its source instead of duplicating them.
+
+Two tiers: sequences in the KV pool, and prefixes parked in host RAM (as llama-server's
+`--cache-ram`). A cached sequence that has to give way — its sequence taken by another
+conversation, or its cells wanted by live requests — is parked rather than dropped, so that a
+host serves more conversations than it has sequences and a developer coming back after others
+took every sequence gets their prefix back in milliseconds instead of re-reading it.
 
 Rules, in order:
 * A request never takes a sequence that is generating.
@@ -14,8 +21,13 @@ Rules, in order:
   template renders it. Otherwise the shared prefix is copied into another idle sequence, so
   that the conversation cached there survives (two conversations sharing a system prompt, even
   short ones).
+* A parked prefix is brought back into a sequence when it matches the prompt by at least
+  `KEEP_TAIL_TOKENS` more tokens than the best sequence in the pool.
 * Target sequences are chosen empty first, then least recently used.
 * When live requests need cells, idle sequences give way least recently used first.
+* Parking: a sequence of at least `MIN_PARK_TOKENS` tokens is parked unless a parked prefix
+  already holds all of it; parked prefixes it extends are dropped as redundant, and the least
+  recently used go when the parked bytes pass the budget.
 """
 
 from __future__ import annotations
@@ -26,6 +38,8 @@ from dataclasses import dataclass
 # A cached tail shorter than this is not worth keeping a sequence for: taking the sequence in
 # place loses at most this many cached tokens.
 KEEP_TAIL_TOKENS = 32
+# Shorter sequences are read again in one step for about what parking and restoring them costs.
+MIN_PARK_TOKENS = 64
 _CHUNK = 256
 
 
@@ -40,13 +54,33 @@ class CachedSequence:
 
 
 @dataclass(frozen=True)
+class ParkedPrefix:
+    """What the policy sees of one prefix parked in host RAM."""
+
+    key: int
+    tokens: Sequence[int]
+    last_used: float
+    nbytes: int = 0
+
+
+@dataclass(frozen=True)
 class Reuse:
-    """Take `seq_id`; keep its first `keep` tokens (after copying them from `copy_from`, when
-    set, into the emptied sequence) and evaluate the rest of the prompt."""
+    """Take `seq_id`; keep its first `keep` tokens (after copying them from `copy_from`, or
+    restoring parked prefix `restore`, when set, into the emptied sequence) and evaluate the rest
+    of the prompt."""
 
     seq_id: int
     keep: int
     copy_from: int | None = None
+    restore: int | None = None
+
+
+@dataclass(frozen=True)
+class ParkPlan:
+    """Whether to park a sequence's KV, and which parked prefixes it makes redundant."""
+
+    park: bool
+    superseded: tuple[int, ...] = ()
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -67,7 +101,11 @@ def _victim(candidates: Sequence[CachedSequence]) -> CachedSequence:
 
 
 def choose_sequence(
-    prompt: Sequence[int], sequences: Sequence[CachedSequence], *, reuse: bool = True
+    prompt: Sequence[int],
+    sequences: Sequence[CachedSequence],
+    parked: Sequence[ParkedPrefix] = (),
+    *,
+    reuse: bool = True,
 ) -> Reuse | None:
     """The sequence a request with `prompt` should take, or None when all are busy."""
     idle = [seq for seq in sequences if not seq.busy]
@@ -79,6 +117,13 @@ def choose_sequence(
     scored = [(min(common_prefix(prompt, seq.tokens), limit), seq) for seq in sequences]
     # Longest prefix wins; on a tie an idle sequence (no copy needed), then the freshest.
     best_len, best = max(scored, key=lambda item: (item[0], not item[1].busy, item[1].last_used))
+    if parked:
+        parked_len, entry = max(
+            ((min(common_prefix(prompt, p.tokens), limit), p) for p in parked),
+            key=lambda item: (item[0], item[1].last_used),
+        )
+        if parked_len >= best_len + KEEP_TAIL_TOKENS:
+            return Reuse(_victim(idle).seq_id, parked_len, restore=entry.key)
     if best_len == 0:
         return Reuse(_victim(idle).seq_id, 0)
     tail = len(best.tokens) - best_len
@@ -88,6 +133,32 @@ def choose_sequence(
     if not others:
         return Reuse(best.seq_id, best_len)  # best is the only idle one: trim it in place
     return Reuse(_victim(others).seq_id, best_len, copy_from=best.seq_id)
+
+
+def park_plan(tokens: Sequence[int], parked: Sequence[ParkedPrefix]) -> ParkPlan:
+    """Whether a sequence holding `tokens` that gives way is worth parking (module rules)."""
+    if len(tokens) < MIN_PARK_TOKENS:
+        return ParkPlan(park=False)
+    superseded = []
+    for entry in parked:
+        shared = common_prefix(tokens, entry.tokens)
+        if shared == len(tokens):
+            return ParkPlan(park=False)  # already parked whole (or inside a longer one)
+        if shared == len(entry.tokens):
+            superseded.append(entry.key)
+    return ParkPlan(park=True, superseded=tuple(superseded))
+
+
+def parked_over_budget(parked: Sequence[ParkedPrefix], budget_bytes: int) -> list[int]:
+    """Parked prefixes to drop, least recently used first, to bring them within the budget."""
+    total = sum(entry.nbytes for entry in parked)
+    drop = []
+    for entry in sorted(parked, key=lambda entry: entry.last_used):
+        if total <= budget_bytes:
+            break
+        drop.append(entry.key)
+        total -= entry.nbytes
+    return drop
 
 
 def cells_to_free(

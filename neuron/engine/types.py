@@ -160,3 +160,7 @@ class EngineStats:
     kv_cells_used: int = 0
     kv_cells_total: int = 0
     last_batch_tokens: int = 0
+    parked_prefixes: int = 0  # cached prefixes moved out of the KV pool into host RAM
+    parked_bytes: int = 0
+    parked_total: int = 0  # prefixes parked so far
+    restored_tokens: int = 0  # prompt tokens served from parked prefixes (part of cached_tokens)

@@ -128,6 +128,47 @@ async def test_a_prefix_cache_hit_gives_the_cold_text(engine: LlamaEngine) -> No
     assert 0.8 * cold.usage.prompt_tokens < other.usage.cached_tokens < cold.usage.prompt_tokens
 
 
+async def test_a_prefix_pushed_out_of_the_pool_comes_back_from_host_ram(
+    smollm_path: Path,
+) -> None:
+    # One slot, so two sequences: a third conversation pushes the first out of the KV pool.
+    settings = LlamaSettings(str(smollm_path), n_ctx=512, parallel=1, cache_ram_mb=64)
+    small = LlamaEngine("smol-ram", settings)
+    await small.start()
+    try:
+        conversations = [f"{topic} " * 40 + CONFIDENT[0] for topic in ("Sea.", "Sky.", "Sand.")]
+        cold = await greedy_tokens(small, conversations[0], reuse_prefix=False)
+        for prompt in conversations:
+            await run(small, prompt, max_tokens=4)
+        stats = small.stats()
+        assert stats.parked_prefixes >= 1 and stats.parked_bytes > 0
+        assert stats.restored_tokens == 0
+        # the first conversation is in neither sequence now: only RAM holds it
+        _, back, _ = await run(small, conversations[0], max_tokens=4)
+        assert back.usage.cached_tokens >= back.usage.prompt_tokens - 1
+        assert small.stats().restored_tokens == back.usage.cached_tokens
+        warm = await greedy_tokens(small, conversations[0])
+        assert assert_same_greedy_text(cold, warm) >= 8
+    finally:
+        await small.close()
+    assert small.stats().parked_prefixes == 0  # freed with the engine
+
+
+async def test_without_host_ram_a_pushed_out_prefix_is_read_again(smollm_path: Path) -> None:
+    settings = LlamaSettings(str(smollm_path), n_ctx=512, parallel=1, cache_ram_mb=0)
+    small = LlamaEngine("smol-no-ram", settings)
+    await small.start()
+    try:
+        conversations = [f"{topic} " * 40 + CONFIDENT[0] for topic in ("Sea.", "Sky.", "Sand.")]
+        for prompt in conversations:
+            await run(small, prompt, max_tokens=4)
+        _, again, _ = await run(small, conversations[0], max_tokens=4)
+        assert again.usage.cached_tokens < 8  # at most a shared leading token or two
+        assert small.stats().parked_prefixes == 0
+    finally:
+        await small.close()
+
+
 async def test_stop_strings_and_limits(engine: LlamaEngine) -> None:
     text, finished, _ = await run(engine, "1, 2, 3, 4,", max_tokens=40, stop=(" 7",))
     assert finished.stop_sequence == " 7" and " 7" not in text and "6" in text

@@ -7,11 +7,16 @@ import pytest
 from neuron.engine.batching import BatchSlice, SequenceNeed, plan_batch
 from neuron.engine.prefix import (
     KEEP_TAIL_TOKENS,
+    MIN_PARK_TOKENS,
     CachedSequence,
+    ParkedPrefix,
+    ParkPlan,
     Reuse,
     cells_to_free,
     choose_sequence,
     common_prefix,
+    park_plan,
+    parked_over_budget,
 )
 from neuron.engine.text import TextAssembler
 
@@ -166,6 +171,95 @@ def test_choose_sequence(
     prompt: list[int], sequences: list[CachedSequence], reuse: bool, expected: Reuse | None
 ) -> None:
     assert choose_sequence(prompt, sequences, reuse=reuse) == expected
+
+
+def parked(key: int, tokens: list[int], last_used: float = 0.0, nbytes: int = 0) -> ParkedPrefix:
+    return ParkedPrefix(key, tokens, last_used, nbytes)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "sequences", "in_ram", "expected"),
+    [
+        # a conversation parked in RAM comes back into the LRU idle sequence
+        (
+            [*CONV_A, 7],
+            [seq(0, CONV_B, 2.0), seq(1, [5], 1.0)],
+            [parked(9, CONV_A)],
+            Reuse(1, len(CONV_A), restore=9),
+        ),
+        # ... into an empty one first, and the longest parked match wins
+        (
+            [*CONV_A, 7],
+            [seq(0, CONV_B), seq(1, [])],
+            [parked(8, SYSTEM), parked(9, CONV_A)],
+            Reuse(1, len(CONV_A), restore=9),
+        ),
+        # in the pool already: no restore
+        ([*CONV_A, 7], [seq(0, CONV_A)], [parked(9, CONV_A)], Reuse(0, len(CONV_A))),
+        # a parked prefix barely longer than the pool's match is not worth the copy
+        (
+            [*CONV_A, 7],
+            [seq(0, CONV_A[:-10]), seq(1, [])],
+            [parked(9, CONV_A)],
+            Reuse(0, len(CONV_A) - 10),
+        ),
+        # ... but KEEP_TAIL_TOKENS more is
+        (
+            [*CONV_A, 7],
+            [seq(0, CONV_A[:-KEEP_TAIL_TOKENS]), seq(1, [])],
+            [parked(9, CONV_A)],
+            Reuse(1, len(CONV_A), restore=9),
+        ),
+        # an identical prompt still keeps one token to evaluate
+        (CONV_A, [seq(0, [])], [parked(9, CONV_A)], Reuse(0, len(CONV_A) - 1, restore=9)),
+        # every sequence busy: wait, whatever is parked
+        ([*CONV_A, 7], [seq(0, CONV_B, busy=True)], [parked(9, CONV_A)], None),
+    ],
+)
+def test_choose_sequence_with_parked_prefixes(
+    prompt: list[int],
+    sequences: list[CachedSequence],
+    in_ram: list[ParkedPrefix],
+    expected: Reuse | None,
+) -> None:
+    assert choose_sequence(prompt, sequences, in_ram) == expected
+
+
+def test_seeded_requests_restore_nothing() -> None:
+    got = choose_sequence([*CONV_A, 7], [seq(0, [])], [parked(9, CONV_A)], reuse=False)
+    assert got == Reuse(0, 0)
+
+
+LONG = list(range(5000, 5000 + 2 * MIN_PARK_TOKENS))
+
+
+@pytest.mark.parametrize(
+    ("tokens", "in_ram", "expected"),
+    [
+        # too short to be worth a copy
+        (LONG[: MIN_PARK_TOKENS - 1], [], ParkPlan(park=False)),
+        (LONG[:MIN_PARK_TOKENS], [], ParkPlan(park=True)),
+        # already parked whole, or inside a longer parked prefix
+        (LONG, [parked(1, LONG)], ParkPlan(park=False)),
+        (LONG[:100], [parked(1, LONG)], ParkPlan(park=False)),
+        # it extends parked prefixes: they go, a diverging one stays
+        (
+            LONG,
+            [parked(1, LONG[:70]), parked(2, LONG[:100]), parked(3, [*LONG[:70], -1, -2])],
+            ParkPlan(park=True, superseded=(1, 2)),
+        ),
+    ],
+)
+def test_park_plan(tokens: list[int], in_ram: list[ParkedPrefix], expected: ParkPlan) -> None:
+    assert park_plan(tokens, in_ram) == expected
+
+
+def test_parked_prefixes_over_budget_go_least_recently_used_first() -> None:
+    entries = [parked(1, [], 3.0, 100), parked(2, [], 1.0, 100), parked(3, [], 2.0, 100)]
+    assert parked_over_budget(entries, 300) == []
+    assert parked_over_budget(entries, 250) == [2]
+    assert parked_over_budget(entries, 100) == [2, 3]
+    assert parked_over_budget(entries, 0) == [2, 3, 1]
 
 
 @pytest.mark.parametrize(
