@@ -20,9 +20,11 @@ Scenarios, each through the server's HTTP API (streaming /v1/completions):
 All servers of one model are started together and take turns request by request (an idle one
 uses no CPU), so that the drift of a shared VM over minutes falls on all of them alike; only
 scenario 4's long generations run on one server at a time. Servers: `neuron` and
-`llama-server` (flash attention `auto`, both servers' default), `neuron-fa-off` and
-`llama-server-fa-off` (flash attention off), and with --old-commit a git worktree of that commit
-as "today's neuron" (the engine before continuous batching; it shares this virtualenv).
+`llama-server` with their defaults (flash attention `auto`: llama.cpp turns it on for the CPU;
+the neuron turns it off for CPU-only models with heads at most 64 wide, see
+`neuron.engine.tuning`), `neuron-fa-on`, `neuron-fa-off` and `llama-server-fa-off` (forced), and
+with --old-commit a git worktree of that commit as "today's neuron" (the engine before
+continuous batching; it shares this virtualenv).
 """
 
 from __future__ import annotations
@@ -264,7 +266,7 @@ def main() -> None:
     parser.add_argument("--old-commit", default=None)
     parser.add_argument(
         "--servers",
-        default="neuron,neuron-fa-off,llama-server,llama-server-fa-off,old",
+        default="neuron,neuron-fa-on,llama-server,llama-server-fa-off,old",
         help="which to run",
     )
     parser.add_argument("--llama-server", default=str(ROOT / ".bench/llama-server/llama-server"))
@@ -278,6 +280,9 @@ def main() -> None:
         gguf = resolve_source(model, model_dirs=(), hf_cache=None).primary
         starters: dict[str, Callable[[], Server]] = {
             "neuron": partial(start_neuron, "neuron", gguf, args.threads, ROOT, ""),
+            "neuron-fa-on": partial(
+                start_neuron, "neuron-fa-on", gguf, args.threads, ROOT, 'flash_attn = "on"\n'
+            ),
             "neuron-fa-off": partial(
                 start_neuron, "neuron-fa-off", gguf, args.threads, ROOT, 'flash_attn = "off"\n'
             ),

@@ -366,15 +366,19 @@ class ModelManager:
     ) -> Engine:
         from neuron.engine.llama import LlamaEngine, LlamaSettings
 
+        n_gpu_layers = plan.n_gpu_layers if self.gpu_offload else 0
         settings = LlamaSettings(
             path=str(placement.source.primary),
             n_ctx=placement.n_ctx,
             parallel=parallel,
-            n_gpu_layers=plan.n_gpu_layers if self.gpu_offload else 0,
+            n_gpu_layers=n_gpu_layers,
             tensor_split=plan.tensor_split if self.gpu_offload and plan.tensor_split else None,
             n_threads=self.config.n_threads,
             flash_attn=self.config.flash_attn,
             cache_ram_mb=self.config.cache_ram_mb,
+            # On the CPU the pool lives in host RAM and parking is a memcpy; on a GPU a copy
+            # crosses the bus, and was not measured here: idle sequences stay until needed.
+            park_idle=n_gpu_layers == 0,
             embedding=spec.embedding,
             chat_template=spec.chat_template,
         )

@@ -17,7 +17,9 @@ and every sampler; nothing else calls into llama.cpp. Each step it:
 A cached sequence that gives way is parked in host RAM (`llama_state_seq_get_data`, up to
 `cache_ram_mb`, least recently used dropped first) instead of being forgotten, and restored into
 a sequence (`llama_state_seq_set_data`) when a prompt matches it again: copying a prefix's KV
-costs milliseconds where reading it again costs seconds.
+costs milliseconds where reading it again costs seconds. With `park_idle` (CPU hosts) idle
+sequences also leave the pool while others decode (`prefix.idle_to_park`), so that a decode
+step attends over live cells only.
 
 Tokens reach the event loop through `loop.call_soon_threadsafe`; a consumer that stops reading
 sets its generation's cancel flag, which the thread honours at the next step.
@@ -52,6 +54,7 @@ from neuron.engine.prefix import (
     Reuse,
     cells_to_free,
     choose_sequence,
+    idle_to_park,
     park_plan,
     parked_over_budget,
 )
@@ -111,6 +114,7 @@ class LlamaSettings:
     n_threads: int | None = None
     flash_attn: str = "auto"  # "auto" | "on" | "off", as llama-server's --flash-attn
     cache_ram_mb: int = 0  # host RAM for prefixes parked out of the KV pool; 0: none
+    park_idle: bool = False  # idle sequences leave the pool while others decode (CPU hosts)
     embedding: bool = False
     n_batch: int = 512
     chat_template: str | None = None  # replaces the GGUF's own template when set
@@ -208,6 +212,7 @@ class LlamaEngine:
         }
         self._parked: dict[int, _Parked] = {}
         self._park_keys = 0
+        self._pool_changed = False  # a sequence became idle or busy since the last step
         self._last_batch = 0
         self._decoders_waited = False  # the last step read prompts only while others decoded
         self._model: Any = None
@@ -580,6 +585,7 @@ class LlamaEngine:
                 keep = 0
                 seq.tokens = []
         seq.busy = True
+        self._pool_changed = True
         self._admissions += 1
         generation.seq = seq
         generation.fed = generation.cached = keep
@@ -588,6 +594,10 @@ class LlamaEngine:
         self._counters["cached"] += keep
 
     def _step(self) -> None:
+        if self._pool_changed and self.settings.park_idle and self.settings.cache_ram_mb > 0:
+            for seq_id in idle_to_park(self._views()):
+                self._evict(self._seqs[seq_id])
+        self._pool_changed = False
         by_seq = {g.seq.seq_id: g for g in self._active}  # type: ignore[union-attr]
         needs = [
             SequenceNeed(seq_id, len(g.tokens) - g.fed, g.admitted)  # type: ignore[arg-type]
@@ -782,6 +792,7 @@ class LlamaEngine:
                 seq.tokens = []
             seq.busy = False
             seq.last_used = time.monotonic()
+            self._pool_changed = True
         with contextlib.suppress(ValueError):
             self._active.remove(generation)
 

@@ -154,6 +154,36 @@ async def test_a_prefix_pushed_out_of_the_pool_comes_back_from_host_ram(
     assert small.stats().parked_prefixes == 0  # freed with the engine
 
 
+async def test_on_the_cpu_idle_prefixes_leave_the_pool_while_others_decode(
+    smollm_path: Path,
+) -> None:
+    settings = LlamaSettings(
+        str(smollm_path), n_ctx=1024, parallel=2, cache_ram_mb=64, park_idle=True
+    )
+    small = LlamaEngine("smol-park", settings)
+    await small.start()
+    try:
+        idle_prompt = "Waves. " * 150 + CONFIDENT[1]
+        cold = await greedy_tokens(small, idle_prompt, reuse_prefix=False)
+        assert small.stats().cache_sequences == 1  # nothing else decodes: it stays in the pool
+        stream = small.generate(
+            GenerateRequest(prompt=CONFIDENT[0], sampling=GREEDY, max_tokens=40)
+        )
+        async for _item in stream:
+            break
+        stats = small.stats()  # the idle prefix was parked before the first step
+        await stream.aclose()
+        assert stats.parked_prefixes == 1
+        assert (
+            stats.kv_cells_used < 100
+        )  # its 300-odd cells left; the running request holds the rest
+        warm = await greedy_tokens(small, idle_prompt)
+        assert small.stats().restored_tokens >= len(cold)  # it came back from RAM
+        assert assert_same_greedy_text(cold, warm) >= 8
+    finally:
+        await small.close()
+
+
 async def test_without_host_ram_a_pushed_out_prefix_is_read_again(smollm_path: Path) -> None:
     settings = LlamaSettings(str(smollm_path), n_ctx=512, parallel=1, cache_ram_mb=0)
     small = LlamaEngine("smol-no-ram", settings)

@@ -8,6 +8,7 @@ from neuron.engine.batching import BatchSlice, SequenceNeed, plan_batch
 from neuron.engine.prefix import (
     KEEP_TAIL_TOKENS,
     MIN_PARK_TOKENS,
+    PARK_IDLE_TOKENS,
     CachedSequence,
     ParkedPrefix,
     ParkPlan,
@@ -15,6 +16,7 @@ from neuron.engine.prefix import (
     cells_to_free,
     choose_sequence,
     common_prefix,
+    idle_to_park,
     park_plan,
     parked_over_budget,
 )
@@ -252,6 +254,29 @@ LONG = list(range(5000, 5000 + 2 * MIN_PARK_TOKENS))
 )
 def test_park_plan(tokens: list[int], in_ram: list[ParkedPrefix], expected: ParkPlan) -> None:
     assert park_plan(tokens, in_ram) == expected
+
+
+IDLE = list(range(7000, 7000 + PARK_IDLE_TOKENS))
+
+
+@pytest.mark.parametrize(
+    ("sequences", "expected"),
+    [
+        # nothing decodes: idle sequences cost nothing, they stay
+        ([seq(0, [*SYSTEM, *IDLE]), seq(1, [])], []),
+        # an idle conversation beside a running one leaves the pool
+        ([seq(0, [*SYSTEM, *IDLE]), seq(1, [1, 2], busy=True)], [0]),
+        # ... unless what it does not share with a running one is short
+        ([seq(0, [*IDLE, 1, 2]), seq(1, [*IDLE, 3], busy=True)], []),
+        ([seq(0, [*IDLE, *IDLE]), seq(1, [*IDLE, 3], busy=True)], [0]),
+        # short idle sequences stay
+        ([seq(0, IDLE[:-1]), seq(1, [1], busy=True)], []),
+        # running ones never go
+        ([seq(0, IDLE, busy=True), seq(1, IDLE, busy=True)], []),
+    ],
+)
+def test_idle_to_park(sequences: list[CachedSequence], expected: list[int]) -> None:
+    assert idle_to_park(sequences) == expected
 
 
 def test_parked_prefixes_over_budget_go_least_recently_used_first() -> None:
