@@ -16,6 +16,10 @@ Scenarios, each through the server's HTTP API (streaming /v1/completions):
    comes before each one, so that it arrives at a random point of the decode step in flight,
    as a request from another user would; sent back to back, each would arrive just after a step
    began and wait for all of it.
+5. (run after 3) more developers than the neuron has sequences: ten distinct ~600-token
+   contexts, each sent once, then each again with one more turn: median time to first token of
+   the return (the neuron parks prefixes in host RAM, llama-server has its --cache-ram), and of
+   the first visit for reference.
 
 All servers of one model are started together and take turns request by request (an idle one
 uses no CPU), so that the drift of a shared VM over minutes falls on all of them alike; only
@@ -54,6 +58,9 @@ from tests.conftest import free_port  # noqa: E402
 
 N_CTX = 4096
 PARALLEL = 4
+# Scenario 5: twice the neuron's sequences (2 × PARALLEL) plus two developers, ~600 tokens each.
+RETURNING = 10
+RETURNING_FILES = 60
 COUNTING = ["1, 2, 3, 4,", "10, 11, 12, 13,", "100, 101, 102, 103,", "A, B, C, D,"]
 SYSTEM = "".join(
     f"Rule {i}: answer politely, cite the section you rely on, and keep answers short.\n"
@@ -225,6 +232,24 @@ async def scenarios(servers: list[Server]) -> dict[str, dict[str, float]]:
                     ttfts[server.name].append(run.ttft)
                 histories[name] += " (an answer)"
         record("conversation_ttft_median_s", ttfts)
+
+        # Scenario 5: more developers than sequences. Each has a context of its own; when all
+        # have been once, each comes back with one more turn.
+        contexts = [
+            f"Repository {k}. " + " ".join(f"src/m{k}/f{i}.py" for i in range(RETURNING_FILES))
+            for k in range(RETURNING)
+        ]
+        first_visit, returning = samples(), samples()
+        for context in contexts:
+            for server in servers:
+                run = await complete(client, server, context, 4)
+                first_visit[server.name].append(run.ttft)
+        for context in contexts:
+            for server in servers:
+                run = await complete(client, server, context + "\nUser: and now?\nAnswer:", 4)
+                returning[server.name].append(run.ttft)
+        record("first_visit_ttft_median_s", first_visit)
+        record("returning_ttft_median_s", returning)
 
         short = "Hello, my name is"
 
