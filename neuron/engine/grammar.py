@@ -52,6 +52,12 @@ _SUBSCHEMAS = {
     "definitions": _MAP,
 }
 
+# llama-cpp-python's converter lets a JSON string hold raw control characters (`[^"\\]`), which
+# JSON forbids: a sampled answer with a newline inside a string did not parse. llama.cpp's own
+# converter excludes them; so does this rule.
+_LOOSE_CHAR = r'char ::= [^"\\] |'
+_JSON_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
+
 # The converter recurses per nesting level; schemas deeper than this are refused up front so
 # that Python's recursion limit is never the thing that stops them.
 _MAX_SCHEMA_DEPTH = 64
@@ -118,7 +124,7 @@ def schema_grammar(schema: Any, *, param: str, prop_order: list[str] | None = No
 
     schema = _convertible(schema, root=True)
     try:
-        gbnf = json_schema_to_gbnf(json.dumps(schema), prop_order)
+        gbnf = json_schema_to_gbnf(json.dumps(schema), prop_order).replace(_LOOSE_CHAR, _JSON_CHAR)
     except Exception as exc:  # the converter reports bad schemas with assorted exception types
         reason = str(exc) or type(exc).__name__
         raise InvalidRequest(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import re
 import shutil
 import struct
 import threading
@@ -15,6 +17,7 @@ import httpx
 import openai
 import pytest
 
+from neuron.engine.vocab import Vocabulary
 from tests.conftest import write_split_gguf
 
 pytestmark = pytest.mark.slow  # real neurons, real models
@@ -775,6 +778,46 @@ def test_json_schema_output_parses_and_validates(client: openai.OpenAI) -> None:
     assert anything.choices[0].finish_reason == "stop", anything.choices[0].message.content
     assert anything.choices[0].message.content.lstrip().startswith("{")
     assert isinstance(json.loads(anything.choices[0].message.content), dict)
+
+
+def test_json_strings_never_hold_raw_control_characters(
+    client: openai.OpenAI, smollm_path: Path
+) -> None:
+    # The model is pushed hard towards a newline and a tab; inside a JSON string the grammar
+    # must leave it only the escaped forms (a raw one makes the answer unparseable).
+    async def control_tokens() -> list[int]:
+        vocabulary = await Vocabulary.open(smollm_path)
+        try:
+            return [
+                token
+                for text in ("\n", "\t")
+                for token in await vocabulary.tokenize(text, add_special=False)
+            ]
+        finally:
+            await vocabulary.close()
+
+    bias = {str(token): 100 for token in asyncio.run(control_tokens())}
+    schema = {"type": "object", "properties": {"note": {"type": "string"}}, "required": ["note"]}
+    formats = [
+        {"type": "json_schema", "json_schema": {"name": "note", "schema": schema}},
+        {"type": "json_object"},
+    ]
+    for response_format in formats:
+        reply = client.chat.completions.create(
+            model="smol",
+            messages=[{"role": "user", "content": "Write a two-line poem as JSON."}],
+            response_format=response_format,
+            logit_bias=bias,
+            max_tokens=60,
+            temperature=0,
+        )
+        text = reply.choices[0].message.content
+        inside_strings = re.findall(r'"((?:[^"\\]|\\.)*)"', text)
+        assert inside_strings and not any(ch in part for part in inside_strings for ch in "\n\t"), (
+            text
+        )
+        if reply.choices[0].finish_reason == "stop":
+            json.loads(text)
 
 
 def test_one_access_line_per_request_without_prompts(neuron) -> None:

@@ -141,3 +141,14 @@ def test_modest_length_bounds_are_kept() -> None:
     schema = {"type": "object", "properties": {"x": {"type": "string", "maxLength": 40}}}
     grammar = schema_grammar(schema, param="response_format")
     assert grammar.count("char") >= 40
+
+
+@pytest.mark.parametrize(
+    "schema", [{}, {"type": "string"}, {"type": "object", "properties": {"a": {"type": "string"}}}]
+)
+def test_json_strings_admit_no_raw_control_characters(schema: dict) -> None:
+    rules = dict(
+        line.split(" ::= ", 1) for line in schema_grammar(schema, param="x").splitlines() if line
+    )
+    # JSON forbids U+0000-U+001F unescaped; the converter's own rule admits them
+    assert rules["char"].startswith(r'[^"\\\x7F\x00-\x1F] |')
