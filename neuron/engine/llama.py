@@ -697,7 +697,11 @@ class LlamaEngine:
         self._park_keys += 1
         self._parked[self._park_keys] = _Parked(list(seq.tokens), data, seq.last_used)
         self._counters["parked"] += 1
-        for key in parked_over_budget(self._parked_views(), budget):
+        self._trim_parked()
+
+    def _trim_parked(self) -> None:
+        """Drop parked prefixes, least recently used first, until they fit `cache_ram_mb`."""
+        for key in parked_over_budget(self._parked_views(), self.settings.cache_ram_mb << 20):
             del self._parked[key]
 
     def _restore(self, key: int, seq: _Sequence, keep: int, exclude: frozenset[int]) -> int:
@@ -712,6 +716,7 @@ class LlamaEngine:
         if not restored:
             llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, -1, -1)
             self._parked[key] = entry  # not lost: another request may fit it later
+            self._trim_parked()  # making room may have parked others meanwhile
             return 0
         if not llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, keep, -1):
             llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, -1, -1)
