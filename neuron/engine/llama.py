@@ -46,6 +46,7 @@ import llama_cpp
 import numpy as np
 
 from neuron.engine.batching import SequenceNeed, plan_batch
+from neuron.engine.cells import CellMap
 from neuron.engine.memory import return_freed_memory
 from neuron.engine.prefix import (
     KEEP_TAIL_TOKENS,
@@ -198,6 +199,8 @@ class LlamaEngine:
         self._waiting: deque[_Generation] = deque()
         self._active: list[_Generation] = []
         self._seqs: list[_Sequence] = []
+        self._cells = CellMap(0)
+        self._cells_used = 0  # `_cells.used` as of the last loop, for `stats` on other threads
         self._admissions = 0
         self._closed = False
         self._stats = EngineStats()
@@ -302,7 +305,7 @@ class LlamaEngine:
             decode_tokens=counters["decode"],
             cached_tokens=counters["cached"],
             cache_sequences=sum(1 for s in self._seqs if s.tokens and not s.busy),
-            kv_cells_used=sum(len(s.tokens) for s in self._seqs),
+            kv_cells_used=self._cells_used,
             kv_cells_total=self.settings.kv_cells,
             last_batch_tokens=self._last_batch,
             parked_prefixes=len(parked),
@@ -363,6 +366,7 @@ class LlamaEngine:
             self._ctx = self._new_context(llama_cpp.LLAMA_POOLING_TYPE_MEAN)
         self._batch = llama_cpp.llama_batch_init(llama_cpp.llama_n_batch(self._ctx), 0, 1)
         self._seqs = [_Sequence(seq_id) for seq_id in range(s.n_seq_max)]
+        self._cells = CellMap(s.n_seq_max)
         self._warm_up()
         self.info = EngineInfo(
             n_ctx=s.n_ctx,
@@ -489,6 +493,7 @@ class LlamaEngine:
         self._admit()
         if self._active:
             self._step()
+        self._cells_used = self._cells.used
         self._flush()
         return True
 
@@ -568,22 +573,20 @@ class LlamaEngine:
         if reuse.restore is not None:
             self._evict(seq)
             busy = frozenset(g.seq.seq_id for g in self._active if g.seq is not None)
-            keep = self._restore(reuse.restore, seq, keep, busy)
+            keep = self._restore(reuse, seq, busy)
         elif reuse.copy_from is not None:
             self._evict(seq)
             source = self._seqs[reuse.copy_from]
             llama_cpp.llama_memory_seq_cp(memory, source.seq_id, seq.seq_id, 0, keep)
+            self._cells.copy(source.seq_id, seq.seq_id, keep)
             seq.tokens = source.tokens[:keep]
         else:
             if len(seq.tokens) - keep >= KEEP_TAIL_TOKENS:
                 self._park(seq)  # another conversation's KV is cut away: keep it in RAM
-            if llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, keep, -1):
-                del seq.tokens[keep:]
-            else:
+            if not self._trim(seq, keep):
                 # Recurrent and hybrid memories cannot drop a tail: start the sequence afresh.
-                llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, -1, -1)
+                self._drop(seq)
                 keep = 0
-                seq.tokens = []
         seq.busy = True
         self._pool_changed = True
         self._admissions += 1
@@ -645,6 +648,7 @@ class LlamaEngine:
         self._last_batch = row
         for generation, tokens, prefill in fed:
             generation.seq.tokens.extend(tokens)  # type: ignore[union-attr]
+            self._cells.extend(generation.seq.seq_id, len(tokens))  # type: ignore[union-attr]
             if prefill:
                 generation.fed += len(tokens)
                 counters["prefill"] += len(tokens)
@@ -654,9 +658,15 @@ class LlamaEngine:
             self._sample(generation, index)
 
     def _make_room(self, need: int, exclude: frozenset[int]) -> None:
-        free = self.settings.kv_cells - sum(len(s.tokens) for s in self._seqs)
-        for seq_id in cells_to_free(self._views(), need=need, free=free, exclude=exclude):
-            self._evict(self._seqs[seq_id])
+        # One at a time: a sequence's cells shared with another are freed only once both go.
+        while (free := self.settings.kv_cells - self._cells.used) < need:
+            own = {seq.seq_id: self._cells.exclusive(seq.seq_id) for seq in self._seqs}
+            victims = cells_to_free(
+                self._views(), need=need, free=free, exclude=exclude, own_cells=own
+            )
+            if not victims:
+                return
+            self._evict(self._seqs[victims[0]])
 
     # -- scheduler thread: the prefix cache's two tiers ---------------------------------------
 
@@ -674,8 +684,22 @@ class LlamaEngine:
         if not seq.tokens:
             return
         self._park(seq)
+        self._drop(seq)
+
+    def _drop(self, seq: _Sequence) -> None:
+        """Forget a sequence's KV."""
         llama_cpp.llama_memory_seq_rm(llama_cpp.llama_get_memory(self._ctx), seq.seq_id, -1, -1)
+        self._cells.clear(seq.seq_id)
         seq.tokens = []
+
+    def _trim(self, seq: _Sequence, keep: int) -> bool:
+        """Keep a sequence's first `keep` tokens; False when its memory cannot drop a tail."""
+        memory = llama_cpp.llama_get_memory(self._ctx)
+        if not llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, keep, -1):
+            return False
+        self._cells.trim(seq.seq_id, keep)
+        del seq.tokens[keep:]
+        return True
 
     def _park(self, seq: _Sequence) -> None:
         """Copy a sequence's KV into host RAM (the sequence itself is left as it is)."""
@@ -704,24 +728,37 @@ class LlamaEngine:
         for key in parked_over_budget(self._parked_views(), self.settings.cache_ram_mb << 20):
             del self._parked[key]
 
-    def _restore(self, key: int, seq: _Sequence, keep: int, exclude: frozenset[int]) -> int:
-        """Bring parked prefix `key` back into the empty sequence `seq` and trim it to `keep`
-        tokens; returns how many it holds (0 when the pool has no room for it)."""
+    def _restore(self, reuse: Reuse, seq: _Sequence, exclude: frozenset[int]) -> int:
+        """Bring parked prefix `reuse.restore` back into the empty sequence `seq`, trimmed to
+        `reuse.keep` tokens, its shared part on `reuse.share_from`'s cells; returns how many
+        tokens it holds (0 when the pool has no room for it)."""
+        assert reuse.restore is not None
+        key, keep = reuse.restore, reuse.keep
         entry = self._parked.pop(key)
-        self._make_room(len(entry.tokens), exclude | {seq.seq_id})
+        lender = {reuse.share_from} if reuse.share_from is not None else set()
+        self._make_room(len(entry.tokens), exclude | {seq.seq_id} | lender)
         memory = llama_cpp.llama_get_memory(self._ctx)
         restored = llama_cpp.llama_state_seq_set_data(
             self._ctx, entry.data, len(entry.data), seq.seq_id
         )
         if not restored:
-            llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, -1, -1)
+            self._drop(seq)
             self._parked[key] = entry  # not lost: another request may fit it later
             self._trim_parked()  # making room may have parked others meanwhile
             return 0
-        if not llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, keep, -1):
-            llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, -1, -1)
+        seq.tokens = list(entry.tokens)
+        self._cells.extend(seq.seq_id, len(seq.tokens))
+        if not self._trim(seq, keep):
+            self._drop(seq)
             return 0
-        seq.tokens = entry.tokens[:keep]
+        if reuse.share_from is not None:
+            source = self._seqs[reuse.share_from]
+            shared = min(reuse.shared, len(source.tokens), keep)
+            # Positions below `shared` hold the same KV in both: drop the restored copies and
+            # point the sequence at the lender's cells, as an admission's prefix copy does.
+            if shared and llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, 0, shared):
+                llama_cpp.llama_memory_seq_cp(memory, source.seq_id, seq.seq_id, 0, shared)
+                self._cells.share(source.seq_id, seq.seq_id, shared)
         self._counters["restored"] += keep
         return keep
 
@@ -791,10 +828,7 @@ class LlamaEngine:
         seq = generation.seq
         if seq is not None:
             if clear:
-                llama_cpp.llama_memory_seq_rm(
-                    llama_cpp.llama_get_memory(self._ctx), seq.seq_id, -1, -1
-                )
-                seq.tokens = []
+                self._drop(seq)
             seq.busy = False
             seq.last_used = time.monotonic()
             self._pool_changed = True

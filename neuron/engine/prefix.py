@@ -22,7 +22,9 @@ Rules, in order:
   that the conversation cached there survives (two conversations sharing a system prompt, even
   short ones).
 * A parked prefix is brought back into a sequence when it matches the prompt by at least
-  `KEEP_TAIL_TOKENS` more tokens than the best sequence in the pool.
+  `KEEP_TAIL_TOKENS` more tokens than the best sequence in the pool; the part it shares with
+  that sequence then uses that sequence's cells, so that a system prompt common to many
+  conversations stays in the pool once however many of them come back from RAM.
 * Target sequences are chosen empty first, then least recently used.
 * When live requests need cells, idle sequences give way least recently used first.
 * On the CPU idle sequences also leave the pool while others generate (`idle_to_park`): every
@@ -38,7 +40,7 @@ Rules, in order:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 # A cached tail shorter than this is not worth keeping a sequence for: taking the sequence in
@@ -76,12 +78,15 @@ class ParkedPrefix:
 class Reuse:
     """Take `seq_id`; keep its first `keep` tokens (after copying them from `copy_from`, or
     restoring parked prefix `restore`, when set, into the emptied sequence) and evaluate the rest
-    of the prompt."""
+    of the prompt. After a restore, the first `shared` tokens take the cells of pool sequence
+    `share_from` in place of the restored copies, which are freed."""
 
     seq_id: int
     keep: int
     copy_from: int | None = None
     restore: int | None = None
+    share_from: int | None = None
+    shared: int = 0
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,18 @@ def choose_sequence(
             key=lambda item: (item[0], item[1].last_used),
         )
         if parked_len >= best_len + KEEP_TAIL_TOKENS:
-            return Reuse(_victim(idle).seq_id, parked_len, restore=entry.key)
+            # The pool's best match (a shared system prompt, typically) lends its cells to the
+            # restored prefix, unless it is the one sequence there is to restore into.
+            others = [seq for seq in idle if seq.seq_id != best.seq_id]
+            if best_len == 0 or not others:
+                return Reuse(_victim(idle).seq_id, parked_len, restore=entry.key)
+            return Reuse(
+                _victim(others).seq_id,
+                parked_len,
+                restore=entry.key,
+                share_from=best.seq_id,
+                shared=best_len,
+            )
     if best_len == 0:
         return Reuse(_victim(idle).seq_id, 0)
     tail = len(best.tokens) - best_len
@@ -186,13 +202,19 @@ def parked_over_budget(parked: Sequence[ParkedPrefix], budget_bytes: int) -> lis
 
 
 def cells_to_free(
-    sequences: Sequence[CachedSequence], *, need: int, free: int, exclude: frozenset[int]
+    sequences: Sequence[CachedSequence],
+    *,
+    need: int,
+    free: int,
+    exclude: frozenset[int],
+    own_cells: Mapping[int, int] | None = None,
 ) -> list[int]:
     """Idle sequences to clear (least recently used first) so that `need` cells fit in `free`.
 
-    Sequences in `exclude` (the ones this step writes to) are never chosen. Returns as many as
-    exist when even clearing all of them would not be enough; the caller then lets llama.cpp
-    decide.
+    Clearing a sequence frees `own_cells[seq_id]` cells (those no other sequence shares), its
+    length when not given. Sequences in `exclude` (the ones this step writes to) are never
+    chosen. Returns as many as exist when even clearing all of them would not be enough; the
+    caller then lets llama.cpp decide.
     """
     victims = []
     candidates = sorted(
@@ -203,5 +225,5 @@ def cells_to_free(
         if free >= need:
             break
         victims.append(seq.seq_id)
-        free += len(seq.tokens)
+        free += len(seq.tokens) if own_cells is None else own_cells[seq.seq_id]
     return victims

@@ -185,6 +185,65 @@ async def test_on_the_cpu_idle_prefixes_leave_the_pool_while_others_decode(
         await small.close()
 
 
+# About 600 tokens of system prompt shared by the conversations below, ~150 of their own each.
+SHARED_SYSTEM = "Rules: be brief, be kind, cite files. " * 60
+
+
+def sharing_conversation(topic: str) -> str:
+    return SHARED_SYSTEM + f"{topic}. " * 70 + CONFIDENT[0]
+
+
+async def test_a_shared_system_prompt_is_counted_once_in_the_pool(smollm_path: Path) -> None:
+    # 2 048 cells: four conversations on one system prompt sum to ~3 000 tokens but use ~1 200
+    # cells, so all four stay in the pool; summing their lengths would push two out.
+    settings = LlamaSettings(str(smollm_path), n_ctx=1024, parallel=2, cache_ram_mb=0)
+    small = LlamaEngine("smol-shared", settings)
+    await small.start()
+    try:
+        topics = ("Sea", "Sky", "Sand", "Salt")
+        lengths = []
+        for topic in topics:
+            _, finished, _ = await run(small, sharing_conversation(topic), max_tokens=4)
+            lengths.append(finished.usage.prompt_tokens + finished.usage.completion_tokens)
+        used = small.stats().kv_cells_used
+        assert sum(lengths) > settings.kv_cells and used < sum(lengths) - 1500, (lengths, used)
+        for topic in topics:
+            _, back, _ = await run(small, sharing_conversation(topic) + " 5,", max_tokens=1)
+            assert back.usage.cached_tokens >= back.usage.prompt_tokens - 3, topic
+    finally:
+        await small.close()
+
+
+async def test_a_prefix_back_from_ram_shares_the_system_prompt_in_the_pool(
+    smollm_path: Path,
+) -> None:
+    settings = LlamaSettings(str(smollm_path), n_ctx=1024, parallel=2, cache_ram_mb=64)
+    small = LlamaEngine("smol-lend", settings)
+    await small.start()
+    try:
+        sea, sky = sharing_conversation("Sea"), sharing_conversation("Sky")
+        cold = await greedy_tokens(small, sea + " 5,", reuse_prefix=False)
+        for prompt in (sea, sky):
+            await run(small, prompt, max_tokens=4)
+        for topic in ("Waves", "Tides", "Reefs"):  # the third pushes Sea out of the pool
+            await run(small, f"{topic}. " * 60 + CONFIDENT[1], max_tokens=4)
+        assert small.stats().parked_prefixes >= 1
+        before = small.stats().kv_cells_used
+        warm = await greedy_tokens(small, sea + " 5,")
+        stats = small.stats()
+        assert stats.restored_tokens > 600
+        # Sea came back on Sky's system prompt cells: the pool grew by its own ~150 tokens and
+        # what it generated, less the ~130-token conversation that made way (not by ~750).
+        assert stats.kv_cells_used - before < 200, (before, stats.kv_cells_used)
+        assert assert_same_greedy_text(cold, warm) >= 8
+        # ... and Sky, the least recently used, lent its cells rather than making way
+        _, sky_back, _ = await run(small, sky + " 5,", max_tokens=1)
+        assert sky_back.usage.cached_tokens >= sky_back.usage.prompt_tokens - 3
+        assert small.stats().restored_tokens == stats.restored_tokens
+    finally:
+        await small.close()
+
+
 async def test_without_host_ram_a_pushed_out_prefix_is_read_again(smollm_path: Path) -> None:
     settings = LlamaSettings(str(smollm_path), n_ctx=512, parallel=1, cache_ram_mb=0)
     small = LlamaEngine("smol-no-ram", settings)

@@ -185,16 +185,31 @@ def parked(key: int, tokens: list[int], last_used: float = 0.0, nbytes: int = 0)
         # a conversation parked in RAM comes back into the LRU idle sequence
         (
             [*CONV_A, 7],
-            [seq(0, CONV_B, 2.0), seq(1, [5], 1.0)],
+            [seq(0, [5], 2.0), seq(1, [6], 1.0)],
             [parked(9, CONV_A)],
             Reuse(1, len(CONV_A), restore=9),
         ),
-        # ... into an empty one first, and the longest parked match wins
+        # ... into an empty one first, and the longest parked match wins; the system prompt it
+        # shares with a conversation in the pool keeps that one's cells
         (
             [*CONV_A, 7],
             [seq(0, CONV_B), seq(1, [])],
             [parked(8, SYSTEM), parked(9, CONV_A)],
-            Reuse(1, len(CONV_A), restore=9),
+            Reuse(1, len(CONV_A), restore=9, share_from=0, shared=len(SYSTEM)),
+        ),
+        # ... a busy one lends its cells too
+        (
+            [*CONV_A, 7],
+            [seq(0, CONV_B, busy=True), seq(1, [5])],
+            [parked(9, CONV_A)],
+            Reuse(1, len(CONV_A), restore=9, share_from=0, shared=len(SYSTEM)),
+        ),
+        # ... but the only idle sequence cannot both lend its cells and take the restore
+        (
+            [*CONV_A, 7],
+            [seq(0, CONV_B)],
+            [parked(9, CONV_A)],
+            Reuse(0, len(CONV_A), restore=9),
         ),
         # in the pool already: no restore
         ([*CONV_A, 7], [seq(0, CONV_A)], [parked(9, CONV_A)], Reuse(0, len(CONV_A))),
@@ -210,7 +225,7 @@ def parked(key: int, tokens: list[int], last_used: float = 0.0, nbytes: int = 0)
             [*CONV_A, 7],
             [seq(0, CONV_A[:-KEEP_TAIL_TOKENS]), seq(1, [])],
             [parked(9, CONV_A)],
-            Reuse(1, len(CONV_A), restore=9),
+            Reuse(1, len(CONV_A), restore=9, share_from=0, shared=len(CONV_A) - KEEP_TAIL_TOKENS),
         ),
         # an identical prompt still keeps one token to evaluate
         (CONV_A, [seq(0, [])], [parked(9, CONV_A)], Reuse(0, len(CONV_A) - 1, restore=9)),

@@ -33,6 +33,7 @@ PURE = (
     "cortex/cli_views.py",
     "neuron/engine/batching.py",
     "neuron/engine/prefix.py",
+    "neuron/engine/cells.py",
     "neuron/engine/gbnf.py",
     "neuron/engine/text.py",
     "neuron/engine/types.py",
