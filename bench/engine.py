@@ -20,15 +20,21 @@ Scenarios, each through the server's HTTP API (streaming /v1/completions):
    contexts, each sent once, then each again with one more turn: median time to first token of
    the return (the neuron parks prefixes in host RAM, llama-server has its --cache-ram), and of
    the first visit for reference.
+6. (run after 5) a team on one system prompt, more developers than sequences: twelve
+   developers, each the ~2k-token system prompt of scenario 3 and ~150 tokens of their own, sent
+   once, then each again with one more turn: median time to first token of the return. The
+   neuron keeps the system prompt's cells once for all of them, also for those coming back
+   from RAM.
+
+`--scenarios 3,6` runs a subset.
 
 All servers of one model are started together and take turns request by request (an idle one
 uses no CPU), so that the drift of a shared VM over minutes falls on all of them alike; only
 scenario 4's long generations run on one server at a time. Servers: `neuron` and
-`llama-server` with their defaults (flash attention `auto`: llama.cpp turns it on for the CPU;
-the neuron turns it off for CPU-only models with heads at most 64 wide, see
-`neuron.engine.tuning`), `neuron-fa-on`, `neuron-fa-off` and `llama-server-fa-off` (forced), and
-with --old-commit a git worktree of that commit as "today's neuron" (the engine before
-continuous batching; it shares this virtualenv).
+`llama-server` with their defaults (flash attention `auto`: llama.cpp turns it on for the CPU),
+`neuron-fa-on`, `neuron-fa-off` and `llama-server-fa-off` (forced), with --old-commit a git
+worktree of that commit as "today's neuron" (the engine before continuous batching; it shares
+this virtualenv), and with --prev-commit another one run with its current defaults.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ PARALLEL = 4
 # Scenario 5: twice the neuron's sequences (2 × PARALLEL) plus two developers, ~600 tokens each.
 RETURNING = 10
 RETURNING_FILES = 60
+TEAM = 12
+TEAM_FILES = 15
 COUNTING = ["1, 2, 3, 4,", "10, 11, 12, 13,", "100, 101, 102, 103,", "A, B, C, D,"]
 SYSTEM = "".join(
     f"Rule {i}: answer politely, cite the section you rely on, and keep answers short.\n"
@@ -185,8 +193,8 @@ async def complete(client: httpx.AsyncClient, server: Server, prompt: str, max_t
     return Run(first - started, end - started, usage_tokens or pieces, first, last or end)
 
 
-async def scenarios(servers: list[Server]) -> dict[str, dict[str, float]]:
-    """Every scenario on every server, the servers taking turns (see the module docstring)."""
+async def scenarios(servers: list[Server], wanted: set[int]) -> dict[str, dict[str, float]]:
+    """The `wanted` scenarios on every server, the servers taking turns (module docstring)."""
     out: dict[str, dict[str, float]] = {server.name: {} for server in servers}
 
     def record(key: str, values: dict[str, list[float]]) -> None:
@@ -205,24 +213,26 @@ async def scenarios(servers: list[Server]) -> dict[str, dict[str, float]]:
             await complete(client, server, "Warm up:", 8)
 
         singles = samples()
-        for _ in range(3):
+        for _ in range(3 if 1 in wanted else 0):
             for server in servers:
                 run = await complete(client, server, COUNTING[0], 128)
                 singles[server.name].append(run.decode_tok_s)
-        record("single_tok_s", singles)
+        if 1 in wanted:
+            record("single_tok_s", singles)
 
         aggregates = samples()
-        for _ in range(3):
+        for _ in range(3 if 2 in wanted else 0):
             for server in servers:
                 started = time.perf_counter()
                 runs = await asyncio.gather(*(complete(client, server, p, 128) for p in COUNTING))
                 elapsed = time.perf_counter() - started
                 aggregates[server.name].append(sum(run.tokens for run in runs) / elapsed)
-        record("aggregate4_tok_s", aggregates)
+        if 2 in wanted:
+            record("aggregate4_tok_s", aggregates)
 
         histories = {"A": SYSTEM, "B": SYSTEM}
         ttfts = samples()
-        for turn in range(6):
+        for turn in range(6 if 3 in wanted else 0):
             for name in ("A", "B"):
                 histories[name] += (
                     f"\nUser {name}{turn}: tell me about topic {name}{turn}.\nAnswer:"
@@ -231,25 +241,30 @@ async def scenarios(servers: list[Server]) -> dict[str, dict[str, float]]:
                     run = await complete(client, server, histories[name], 16)
                     ttfts[server.name].append(run.ttft)
                 histories[name] += " (an answer)"
-        record("conversation_ttft_median_s", ttfts)
+        if 3 in wanted:
+            record("conversation_ttft_median_s", ttfts)
 
         # Scenario 5: more developers than sequences. Each has a context of its own; when all
         # have been once, each comes back with one more turn.
-        contexts = [
-            f"Repository {k}. " + " ".join(f"src/m{k}/f{i}.py" for i in range(RETURNING_FILES))
-            for k in range(RETURNING)
-        ]
-        first_visit, returning = samples(), samples()
-        for context in contexts:
-            for server in servers:
-                run = await complete(client, server, context, 4)
-                first_visit[server.name].append(run.ttft)
-        for context in contexts:
-            for server in servers:
-                run = await complete(client, server, context + "\nUser: and now?\nAnswer:", 4)
-                returning[server.name].append(run.ttft)
-        record("first_visit_ttft_median_s", first_visit)
-        record("returning_ttft_median_s", returning)
+        if 5 in wanted:
+            contexts = [
+                f"Repository {k}. " + " ".join(f"src/m{k}/f{i}.py" for i in range(RETURNING_FILES))
+                for k in range(RETURNING)
+            ]
+            first_visit, returning = await visits(client, servers, contexts)
+            record("first_visit_ttft_median_s", first_visit)
+            record("returning_ttft_median_s", returning)
+
+        # Scenario 6: a team on one system prompt, more developers than sequences.
+        if 6 in wanted:
+            team = [
+                SYSTEM
+                + f"\nDeveloper {k} works on: "
+                + " ".join(f"src/t{k}/f{i}.py" for i in range(TEAM_FILES))
+                for k in range(TEAM)
+            ]
+            _, returning = await visits(client, servers, team)
+            record("team_returning_ttft_median_s", returning)
 
         short = "Hello, my name is"
 
@@ -257,6 +272,8 @@ async def scenarios(servers: list[Server]) -> dict[str, dict[str, float]]:
             await asyncio.sleep(pauses.uniform(0.05, 0.15))
             return (await complete(client, server, short, 8)).ttft
 
+        if 4 not in wanted:
+            return out
         alone = samples()
         for _ in range(5):
             for server in servers:
@@ -275,6 +292,23 @@ async def scenarios(servers: list[Server]) -> dict[str, dict[str, float]]:
     return out
 
 
+async def visits(
+    client: httpx.AsyncClient, servers: list[Server], contexts: list[str]
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each context once, then each again with one more turn: time to first token of both."""
+    first_visit: dict[str, list[float]] = {server.name: [] for server in servers}
+    returning: dict[str, list[float]] = {server.name: [] for server in servers}
+    for context in contexts:
+        for server in servers:
+            run = await complete(client, server, context, 4)
+            first_visit[server.name].append(run.ttft)
+    for context in contexts:
+        for server in servers:
+            run = await complete(client, server, context + "\nUser: and now?\nAnswer:", 4)
+            returning[server.name].append(run.ttft)
+    return first_visit, returning
+
+
 def old_worktree(commit: str) -> Path:
     path = ROOT / ".bench" / f"neuron-{commit}"
     if not path.exists():
@@ -289,9 +323,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", default="smollm2-135m-instruct,gemma3-270m")
     parser.add_argument("--old-commit", default=None)
+    parser.add_argument("--prev-commit", default=None)
+    parser.add_argument("--scenarios", default="1,2,3,4,5,6")
     parser.add_argument(
         "--servers",
-        default="neuron,neuron-fa-on,llama-server,llama-server-fa-off,old",
+        default="neuron,neuron-fa-on,llama-server,llama-server-fa-off,old,prev",
         help="which to run",
     )
     parser.add_argument("--llama-server", default=str(ROOT / ".bench/llama-server/llama-server"))
@@ -322,12 +358,17 @@ def main() -> None:
             code = old_worktree(args.old_commit)
             name = f"neuron@{args.old_commit}"
             starters["old"] = partial(start_neuron, name, gguf, args.threads, code, None)
+        if args.prev_commit:
+            code = old_worktree(args.prev_commit)
+            name = f"neuron@{args.prev_commit}"
+            starters["prev"] = partial(start_neuron, name, gguf, args.threads, code, "")
         servers: list[Server] = []
         try:
             for key in wanted:
                 if key in starters:
                     servers.append(starters[key]())
-            results[model] = asyncio.run(scenarios(servers))
+            chosen = {int(number) for number in args.scenarios.split(",")}
+            results[model] = asyncio.run(scenarios(servers, chosen))
         finally:
             for server in servers:
                 server.stop()
