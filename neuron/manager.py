@@ -216,12 +216,18 @@ class ModelManager:
     # -- planning ----------------------------------------------------------------------------
 
     async def placement(
-        self, source_spec: str, n_ctx: int | None, parallel: int | None = None
+        self,
+        source_spec: str,
+        n_ctx: int | None,
+        parallel: int | None = None,
+        *,
+        n_gpu_layers_cap: int | None = None,
     ) -> Placement:
         """Resolve a source and plan it against the free memory of this instant.
 
         The KV cache is one pool of `n_ctx × parallel` cells (each of `parallel` requests may
-        use up to `n_ctx`), so the estimate is made for that many cells."""
+        use up to `n_ctx`), so the estimate is made for that many cells. The plan offloads at
+        most `n_gpu_layers_cap` layers (llama.cpp numbering; None or negative: no bound)."""
         source = await asyncio.to_thread(
             resolve_source,
             source_spec,
@@ -238,7 +244,7 @@ class ModelManager:
         free = {status.index: status.vram_free_mb for status in devices}
         estimate = estimate_memory(geometry, cells)
         headroom = self.config.vram_headroom_mb
-        plan = plan_offload(geometry, cells, free, headroom)
+        plan = plan_offload(geometry, cells, free, headroom, n_gpu_layers_cap=n_gpu_layers_cap)
         return Placement(
             source,
             geometry,
@@ -314,11 +320,18 @@ class ModelManager:
     async def _load(self, resident: Resident) -> None:
         spec = resident.spec
         started = time.monotonic()
-        placement = await self.placement(spec.source_or_id, spec.n_ctx, self._parallel(spec))
+        override = spec.n_gpu_layers
+        placement = await self.placement(
+            spec.source_or_id, spec.n_ctx, self._parallel(spec), n_gpu_layers_cap=override
+        )
         plan = placement.plan
-        if spec.n_gpu_layers is not None:
-            plan = replace(plan, n_gpu_layers=spec.n_gpu_layers)
         all_layers = placement.geometry.n_layers + 1
+        if override is not None:
+            wanted = all_layers if override < 0 else min(override, all_layers)
+            if plan.n_gpu_layers != wanted:
+                # More than fits in free VRAM now: the operator's count stands (llama.cpp may
+                # fail to allocate it), planned as the most that fits.
+                plan = replace(plan, n_gpu_layers=override, fits_fully=wanted == all_layers)
         if spec.min_gpu_layers is not None and plan.n_gpu_layers < spec.min_gpu_layers:
             # The gateway placed it expecting more free VRAM than there is now (another load
             # or process took it): refuse rather than run slower than the operator allows.

@@ -159,3 +159,32 @@ async def test_plan_reports_capacity_and_host_and_min_gpu_layers_is_kept(
         )
     )
     assert resident.describe().n_gpu_layers == split["n_gpu_layers"]
+
+
+async def test_an_n_gpu_layers_override_is_planned_and_reserved_as_such(smollm_path: Path) -> None:
+    """An operator's layer count replaces the planner's: the plan, `fits_fully` and the VRAM
+    reserved for the load are those of that many layers, not of what would have fitted."""
+    config = NeuronConfig(model_dirs=(smollm_path.parent,), parallel=1, vram_headroom_mb=50)
+    probe = FakeProbe({0: 200})
+    models = ModelManager(
+        config,
+        probe,
+        gpu_offload=False,
+        engine_factory=lambda spec, placement, plan, parallel: FakeEngine(spec.model),
+    )
+    fitting = (await models.placement(str(smollm_path), 1024)).plan
+    assert fitting.n_gpu_layers > 2
+    resident = await models.load(
+        LoadRequest(model="smol", source=str(smollm_path), n_ctx=1024, n_gpu_layers=2)
+    )
+    described = resident.describe()
+    assert described.n_gpu_layers == 2 and resident.placement is not None
+    assert not resident.placement.plan.fits_fully
+    reserved = 200 - probe.status()[0].vram_free_mb
+    assert 0 < reserved < sum(fitting.device_mb.values()) - 1
+    assert abs(reserved - described.vram_used_mb) <= 1  # whole MiB in the description
+    cpu_only = await models.load(
+        LoadRequest(model="cpu", source=str(smollm_path), n_ctx=1024, n_gpu_layers=0)
+    )
+    assert cpu_only.describe().n_gpu_layers == 0 and cpu_only.describe().vram_used_mb == 0
+    assert 200 - probe.status()[0].vram_free_mb == reserved  # nothing more reserved
