@@ -326,6 +326,13 @@ def test_cached_sequences_give_way_least_recently_used_first() -> None:
     assert cells_to_free(sequences, need=150, free=0, exclude=frozenset({4})) == [1, 2]
     assert cells_to_free(sequences, need=10, free=10, exclude=frozenset()) == []
     assert cells_to_free(sequences, need=10_000, free=0, exclude=frozenset({4})) == [1, 2, 0]
+    # A sequence whose cells are mostly shared frees only its own: more have to go.
+    own = {0: 100, 1: 10, 2: 10, 3: 100, 4: 100}
+    got = cells_to_free(sequences, need=150, free=0, exclude=frozenset({4}), own_cells=own)
+    assert got == [1, 2, 0]
+    assert cells_to_free(sequences, need=150, free=0, exclude=frozenset()) == [4, 1]
+    got = cells_to_free(sequences, need=150, free=0, exclude=frozenset(), own_cells=own)
+    assert got == [4, 1, 2, 0]
 
 
 @pytest.mark.parametrize(
