@@ -63,11 +63,6 @@ class CellMap:
     def clear(self, seq: int) -> None:
         self.trim(seq, 0)
 
-    def reset(self) -> None:
-        for seq in range(len(self._spans)):
-            self._spans[seq] = []
-            self._renew(seq)
-
     def copy(self, source: int, target: int, upto: int) -> None:
         """Empty `target` takes `source`'s cells for positions below `upto` (`seq_cp`)."""
         self._spans[target] = _clip(self._spans[source], 0, upto)

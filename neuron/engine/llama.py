@@ -660,7 +660,11 @@ class LlamaEngine:
     def _make_room(self, need: int, exclude: frozenset[int]) -> None:
         # One at a time: a sequence's cells shared with another are freed only once both go.
         while (free := self.settings.kv_cells - self._cells.used) < need:
-            own = {seq.seq_id: self._cells.exclusive(seq.seq_id) for seq in self._seqs}
+            own = {
+                seq.seq_id: self._cells.exclusive(seq.seq_id)
+                for seq in self._seqs
+                if seq.tokens and not seq.busy
+            }
             victims = cells_to_free(
                 self._views(), need=need, free=free, exclude=exclude, own_cells=own
             )

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,17 @@ PROMPTS = [
 # Prompts the small model continues with confidence (no near-tied tokens for a while), so that
 # greedy texts can be compared across batch shapes.
 CONFIDENT = ["1, 2, 3, 4,", "A, B, C, D,", "Monday, Tuesday, Wednesday,", "10, 20, 30, 40,"]
+
+
+@contextlib.asynccontextmanager
+async def started(name: str, settings: LlamaSettings) -> AsyncIterator[LlamaEngine]:
+    """An engine of the test's own, closed however the test ends."""
+    engine = LlamaEngine(name, settings)
+    await engine.start()
+    try:
+        yield engine
+    finally:
+        await engine.close()
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +145,7 @@ async def test_a_prefix_pushed_out_of_the_pool_comes_back_from_host_ram(
 ) -> None:
     # One slot, so two sequences: a third conversation pushes the first out of the KV pool.
     settings = LlamaSettings(str(smollm_path), n_ctx=512, parallel=1, cache_ram_mb=64)
-    small = LlamaEngine("smol-ram", settings)
-    await small.start()
-    try:
+    async with started("smol-ram", settings) as small:
         conversations = [f"{topic} " * 40 + CONFIDENT[0] for topic in ("Sea.", "Sky.", "Sand.")]
         cold = await greedy_tokens(small, conversations[0], reuse_prefix=False)
         for prompt in conversations:
@@ -149,8 +159,6 @@ async def test_a_prefix_pushed_out_of_the_pool_comes_back_from_host_ram(
         assert small.stats().restored_tokens == back.usage.cached_tokens
         warm = await greedy_tokens(small, conversations[0])
         assert assert_same_greedy_text(cold, warm) >= 8
-    finally:
-        await small.close()
     assert small.stats().parked_prefixes == 0  # freed with the engine
 
 
@@ -160,9 +168,7 @@ async def test_on_the_cpu_idle_prefixes_leave_the_pool_while_others_decode(
     settings = LlamaSettings(
         str(smollm_path), n_ctx=1024, parallel=2, cache_ram_mb=64, park_idle=True
     )
-    small = LlamaEngine("smol-park", settings)
-    await small.start()
-    try:
+    async with started("smol-park", settings) as small:
         idle_prompt = "Waves. " * 150 + CONFIDENT[1]
         cold = await greedy_tokens(small, idle_prompt, reuse_prefix=False)
         assert small.stats().cache_sequences == 1  # nothing else decodes: it stays in the pool
@@ -181,8 +187,6 @@ async def test_on_the_cpu_idle_prefixes_leave_the_pool_while_others_decode(
         assert small.stats().restored_tokens == back.usage.cached_tokens  # from RAM
         warm = await greedy_tokens(small, idle_prompt)
         assert assert_same_greedy_text(cold, warm) >= 8
-    finally:
-        await small.close()
 
 
 # About 600 tokens of system prompt shared by the conversations below, ~150 of their own each.
@@ -197,9 +201,7 @@ async def test_a_shared_system_prompt_is_counted_once_in_the_pool(smollm_path: P
     # 2 048 cells: four conversations on one system prompt sum to ~3 000 tokens but use ~1 200
     # cells, so all four stay in the pool; summing their lengths would push two out.
     settings = LlamaSettings(str(smollm_path), n_ctx=1024, parallel=2, cache_ram_mb=0)
-    small = LlamaEngine("smol-shared", settings)
-    await small.start()
-    try:
+    async with started("smol-shared", settings) as small:
         topics = ("Sea", "Sky", "Sand", "Salt")
         lengths = []
         for topic in topics:
@@ -210,17 +212,13 @@ async def test_a_shared_system_prompt_is_counted_once_in_the_pool(smollm_path: P
         for topic in topics:
             _, back, _ = await run(small, sharing_conversation(topic) + " 5,", max_tokens=1)
             assert back.usage.cached_tokens >= back.usage.prompt_tokens - 3, topic
-    finally:
-        await small.close()
 
 
 async def test_a_prefix_back_from_ram_shares_the_system_prompt_in_the_pool(
     smollm_path: Path,
 ) -> None:
     settings = LlamaSettings(str(smollm_path), n_ctx=1024, parallel=2, cache_ram_mb=64)
-    small = LlamaEngine("smol-lend", settings)
-    await small.start()
-    try:
+    async with started("smol-lend", settings) as small:
         sea, sky = sharing_conversation("Sea"), sharing_conversation("Sky")
         cold = await greedy_tokens(small, sea + " 5,", reuse_prefix=False)
         for prompt in (sea, sky):
@@ -240,23 +238,17 @@ async def test_a_prefix_back_from_ram_shares_the_system_prompt_in_the_pool(
         _, sky_back, _ = await run(small, sky + " 5,", max_tokens=1)
         assert sky_back.usage.cached_tokens >= sky_back.usage.prompt_tokens - 3
         assert small.stats().restored_tokens == stats.restored_tokens
-    finally:
-        await small.close()
 
 
 async def test_without_host_ram_a_pushed_out_prefix_is_read_again(smollm_path: Path) -> None:
     settings = LlamaSettings(str(smollm_path), n_ctx=512, parallel=1, cache_ram_mb=0)
-    small = LlamaEngine("smol-no-ram", settings)
-    await small.start()
-    try:
+    async with started("smol-no-ram", settings) as small:
         conversations = [f"{topic} " * 40 + CONFIDENT[0] for topic in ("Sea.", "Sky.", "Sand.")]
         for prompt in conversations:
             await run(small, prompt, max_tokens=4)
         _, again, _ = await run(small, conversations[0], max_tokens=4)
         assert again.usage.cached_tokens < 8  # at most a shared leading token or two
         assert small.stats().parked_prefixes == 0
-    finally:
-        await small.close()
 
 
 async def test_stop_strings_and_limits(engine: LlamaEngine) -> None:

@@ -56,13 +56,3 @@ def test_sharing_moves_a_restored_prefix_onto_the_lenders_cells() -> None:
     assert cells.used == 1810 and cells.exclusive(1) == 310
     cells.clear(0)
     assert cells.used == 1310
-
-
-def test_reset_empties_every_sequence() -> None:
-    cells = CellMap(2)
-    cells.extend(0, 10)
-    cells.copy(0, 1, 5)
-    cells.reset()
-    assert cells.used == 0 and cells.length(0) == cells.length(1) == 0
-    cells.extend(1, 4)
-    assert cells.used == 4

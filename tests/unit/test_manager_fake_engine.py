@@ -29,6 +29,17 @@ def manager(engines: list[FakeEngine], model_dir: Path, **admission: float) -> M
     )
 
 
+def gpu_manager(probe: FakeProbe, model_dir: Path) -> ModelManager:
+    """A manager planning against `probe`'s VRAM (50 MiB headroom) with FakeEngines."""
+    config = NeuronConfig(model_dirs=(model_dir,), parallel=1, vram_headroom_mb=50)
+    return ModelManager(
+        config,
+        probe,
+        gpu_offload=False,
+        engine_factory=lambda spec, placement, plan, parallel: FakeEngine(spec.model),
+    )
+
+
 async def collect(engine: FakeEngine, prompt: str) -> tuple[str, Finished]:
     text = ""
     async for item in engine.generate(GenerateRequest(prompt=prompt)):
@@ -127,14 +138,8 @@ async def test_plan_reports_capacity_and_host_and_min_gpu_layers_is_kept(
 ) -> None:
     """The plan tells the gateway what an empty host offers; a load that asks for more layers
     than fit in free VRAM now is refused (507 insufficient_vram) and reserves nothing."""
-    config = NeuronConfig(model_dirs=(smollm_path.parent,), parallel=1, vram_headroom_mb=50)
     probe = FakeProbe({0: 200})
-    models = ModelManager(
-        config,
-        probe,
-        gpu_offload=False,
-        engine_factory=lambda spec, placement, plan, parallel: FakeEngine(spec.model),
-    )
+    models = gpu_manager(probe, smollm_path.parent)
     placement = await models.placement(str(smollm_path), 1024)
     answer = to_json(placement.answer("smol"))
     assert answer["capacity_mb"] == 150 and answer["available_mb"] == 150
@@ -164,14 +169,8 @@ async def test_plan_reports_capacity_and_host_and_min_gpu_layers_is_kept(
 async def test_an_n_gpu_layers_override_is_planned_and_reserved_as_such(smollm_path: Path) -> None:
     """An operator's layer count replaces the planner's: the plan, `fits_fully` and the VRAM
     reserved for the load are those of that many layers, not of what would have fitted."""
-    config = NeuronConfig(model_dirs=(smollm_path.parent,), parallel=1, vram_headroom_mb=50)
     probe = FakeProbe({0: 200})
-    models = ModelManager(
-        config,
-        probe,
-        gpu_offload=False,
-        engine_factory=lambda spec, placement, plan, parallel: FakeEngine(spec.model),
-    )
+    models = gpu_manager(probe, smollm_path.parent)
     fitting = (await models.placement(str(smollm_path), 1024)).plan
     assert fitting.n_gpu_layers > 2
     resident = await models.load(
