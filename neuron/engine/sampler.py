@@ -5,6 +5,11 @@ Runs on the engine's scheduler thread only. Each generation owns one chain, buil
 
     logit_bias → penalties → grammar → (greedy | top_k → top_p → min_p → temperature → dist)
 
+Plain greedy decoding (no bias, penalties or grammar) needs no chain: it is the first index of
+the largest logit, which numpy finds in the logits row in place. llama.cpp's chain would copy
+the whole vocabulary into a candidate array on every token first (0.08 ms for SmolLM2's 49k,
+0.3 ms for Gemma's 262k; 1–2 % of a CPU decode step). Both pick the first of equal maxima.
+
 The grammar sampler is created through `llama_sampler_init_grammar(_lazy_patterns)`, which
 returns NULL for a grammar llama.cpp cannot parse; that is an `InvalidRequest`, and no NULL
 sampler is ever added to a chain. Penalties see only the generated tokens (OpenAI's definition
@@ -31,10 +36,15 @@ class SamplerChain:
     """One generation's sampler chain; `sample` picks (and accepts) the next token."""
 
     def __init__(self, sampling: Sampling, vocab: llama_cpp.llama_vocab_p, n_vocab: int) -> None:
+        self._bias: ctypes.Array[llama_cpp.llama_logit_bias] | None = None
+        self._chain: llama_cpp.llama_sampler_p | None = None
+        self._row: type[ctypes.Array[ctypes.c_float]] | None = None
+        if plain_greedy(sampling):
+            self._row = ctypes.c_float * n_vocab
+            return
         params = llama_cpp.llama_sampler_chain_default_params()
         params.no_perf = True
         self._chain = llama_cpp.llama_sampler_chain_init(params)
-        self._bias: ctypes.Array[llama_cpp.llama_logit_bias] | None = None
         try:
             self._build(sampling, vocab, n_vocab)
         except BaseException:
@@ -81,12 +91,28 @@ class SamplerChain:
 
     def sample(self, ctx: llama_cpp.llama_context_p, index: int) -> int:
         """Sample from the logits of batch row `index` and accept the token."""
+        if self._row is not None:
+            row = llama_cpp.llama_get_logits_ith(ctx, index)
+            logits = memoryview(self._row.from_address(ctypes.addressof(row.contents)))
+            return int(np.frombuffer(logits, dtype=np.float32).argmax())
         return int(llama_cpp.llama_sampler_sample(self._chain, ctx, index))
 
     def close(self) -> None:
         if self._chain is not None:
             llama_cpp.llama_sampler_free(self._chain)
             self._chain = None
+
+
+def plain_greedy(sampling: Sampling) -> bool:
+    """Greedy with nothing that reshapes the logits first: the argmax is the whole answer."""
+    return (
+        sampling.greedy
+        and not sampling.logit_bias
+        and sampling.grammar is None
+        and sampling.repeat_penalty == 1.0
+        and not sampling.frequency_penalty
+        and not sampling.presence_penalty
+    )
 
 
 def _grammar_sampler(grammar: Grammar, vocab: llama_cpp.llama_vocab_p) -> llama_cpp.llama_sampler_p:

@@ -12,6 +12,7 @@ import pytest
 
 from neuron.engine import Finished, GenerateRequest, Piece, Sampling, TokenLogprob
 from neuron.engine.llama import LlamaEngine, LlamaSettings
+from neuron.engine.sampler import plain_greedy
 
 pytestmark = pytest.mark.slow
 
@@ -47,11 +48,15 @@ def engine(smollm_path: Path) -> Iterator[LlamaEngine]:
 
 
 async def run(
-    engine: LlamaEngine, prompt: str, max_tokens: int = 24, **kwargs: object
+    engine: LlamaEngine,
+    prompt: str,
+    max_tokens: int = 24,
+    sampling: Sampling = GREEDY,
+    **kwargs: object,
 ) -> tuple[str, Finished, list[float]]:
     """Text, the final item, and the arrival time of every piece."""
     text, times = "", []
-    request = GenerateRequest(prompt=prompt, sampling=GREEDY, max_tokens=max_tokens, **kwargs)
+    request = GenerateRequest(prompt=prompt, sampling=sampling, max_tokens=max_tokens, **kwargs)
     async for item in engine.generate(request):
         if isinstance(item, Piece):
             text += item.text
@@ -256,6 +261,36 @@ async def test_stop_strings_and_limits(engine: LlamaEngine) -> None:
     assert finished.stop_sequence == " 7" and " 7" not in text and "6" in text
     _, limited, _ = await run(engine, "1, 2, 3, 4,", max_tokens=3)
     assert limited.reason.value == "length" and limited.usage.completion_tokens == 3
+
+
+@pytest.mark.parametrize(
+    ("sampling", "plain"),
+    [
+        (GREEDY, True),
+        (Sampling(temperature=0, logit_bias={0: 0.0}), False),
+        (Sampling(temperature=0, repeat_penalty=1.1), False),
+        (Sampling(temperature=0, presence_penalty=0.5), False),
+        (Sampling(temperature=0.7), False),
+    ],
+)
+def test_only_greedy_with_nothing_reshaping_the_logits_skips_the_chain(
+    sampling: Sampling, plain: bool
+) -> None:
+    assert plain_greedy(sampling) is plain
+
+
+async def test_plain_greedy_picks_the_tokens_of_llamas_own_greedy_sampler(
+    engine: LlamaEngine,
+) -> None:
+    """The argmax path against the chain (a zero logit bias routes a request through it), on
+    prompts the model continues without confidence, where near-equal logits are common."""
+    through_chain = Sampling(temperature=0, logit_bias={0: 0.0})
+    for prompt in PROMPTS:
+        plain, _, _ = await run(engine, prompt, max_tokens=32, reuse_prefix=False)
+        chained, _, _ = await run(
+            engine, prompt, max_tokens=32, sampling=through_chain, reuse_prefix=False
+        )
+        assert plain == chained and len(plain) > 40
 
 
 async def test_seeded_sampling_reproduces(engine: LlamaEngine) -> None:
