@@ -24,7 +24,8 @@ Scenarios, each through the server's HTTP API (streaming /v1/completions):
    developers, each the ~2k-token system prompt of scenario 3 and ~150 tokens of their own, sent
    once, then each again with one more turn: median time to first token of the return. The
    neuron keeps the system prompt's cells once for all of them, also for those coming back
-   from RAM.
+   from RAM, and holds it once in RAM: `team_parked_mb` is what a neuron has parked at the
+   end (from its /health).
 
 `--scenarios 3,6` runs a subset.
 
@@ -267,6 +268,10 @@ async def scenarios(servers: list[Server], wanted: set[int]) -> dict[str, dict[s
             ]
             _, returning = await visits(client, servers, team)
             record("team_returning_ttft_median_s", returning)
+            for server in servers:
+                parked = await parked_in_ram(client, server)
+                if parked is not None:
+                    out[server.name]["team_parked_mb"] = parked
 
         short = "Hello, my name is"
 
@@ -309,6 +314,15 @@ async def visits(
             run = await complete(client, server, context + "\nUser: and now?\nAnswer:", 4)
             returning[server.name].append(run.ttft)
     return first_visit, returning
+
+
+async def parked_in_ram(client: httpx.AsyncClient, server: Server) -> float | None:
+    """MiB of prefixes a neuron holds parked in host RAM (None: a server that does not say)."""
+    models = (await client.get(server.url + "/health")).json().get("models") or []
+    figures = [model.get("parked_bytes") for model in models]
+    if not figures or None in figures:
+        return None
+    return sum(figures) / (1 << 20)
 
 
 def old_worktree(commit: str) -> Path:

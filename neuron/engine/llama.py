@@ -17,7 +17,9 @@ and every sampler; nothing else calls into llama.cpp. Each step it:
 A cached sequence that gives way is parked in host RAM (`llama_state_seq_get_data`, up to
 `cache_ram_mb`, least recently used dropped first) instead of being forgotten, and restored into
 a sequence (`llama_state_seq_set_data`) when a prompt matches it again: copying a prefix's KV
-costs milliseconds where reading it again costs seconds. With `park_idle` (CPU hosts) idle
+costs milliseconds where reading it again costs seconds. A prefix that shares a long start with
+one already parked is parked as a tail of it (its own cells only) and read back on top of the
+pool's or RAM's copy of that start (`prefix.park_plan`). With `park_idle` (CPU hosts) idle
 sequences also leave the pool while others decode (`prefix.idle_to_park`), so that a decode
 step attends over live cells only.
 
@@ -141,11 +143,15 @@ class _Sequence:
 
 @dataclass
 class _Parked:
-    """A sequence's KV in host RAM, as `llama_state_seq_get_data` wrote it."""
+    """A sequence's KV in host RAM, as `llama_state_seq_get_data` wrote it. A tail (`base`
+    set) holds the cells of positions `skip` and on; the first `skip` are parked prefix
+    `base`'s (`prefix.park_plan`)."""
 
     tokens: list[int]
     data: Any  # ctypes c_uint8 array
     last_used: float
+    base: int | None = None
+    skip: int = 0
 
 
 @dataclass
@@ -214,6 +220,11 @@ class LlamaEngine:
             "restored": 0,
         }
         self._parked: dict[int, _Parked] = {}
+        # A sequence id outside the pool's, empty between scheduler steps: parking a tail copies
+        # it there to serialise only its own cells, and restoring one reads it in there,
+        # because `llama_state_seq_set_data` first empties the sequence it writes to. None when
+        # the memory cannot copy a range of positions (recurrent, hybrid) or no id is left.
+        self._scratch: int | None = None
         self._park_keys = 0
         self._pool_changed = False  # a sequence became idle or busy since the last step
         self._last_batch = 0
@@ -367,6 +378,12 @@ class LlamaEngine:
         self._batch = llama_cpp.llama_batch_init(llama_cpp.llama_n_batch(self._ctx), 0, 1)
         self._seqs = [_Sequence(seq_id) for seq_id in range(s.n_seq_max)]
         self._cells = CellMap(s.n_seq_max)
+        if (
+            llama_cpp.llama_n_seq_max(self._ctx) > s.n_seq_max
+            and not llama_cpp.llama_model_is_recurrent(self._model)
+            and not llama_cpp.llama_model_is_hybrid(self._model)
+        ):
+            self._scratch = s.n_seq_max
         self._warm_up()
         self.info = EngineInfo(
             n_ctx=s.n_ctx,
@@ -398,7 +415,8 @@ class LlamaEngine:
         s = self.settings
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = s.kv_cells
-        params.n_seq_max = s.n_seq_max
+        # One more than the pool's sequences for the scratch sequence (`_scratch`).
+        params.n_seq_max = s.n_seq_max if s.embedding else min(s.n_seq_max + 1, _MAX_SEQUENCES)
         # One unified pool: llama.cpp batches sequences of one stream into one pass, while
         # separate streams (kv_unified off) were measured to decode no faster together than
         # alone on the CPU. Masked cells of other sequences cost little with flash attention.
@@ -418,7 +436,7 @@ class LlamaEngine:
             params.embeddings = True
             params.pooling_type = pooling
         else:
-            params.n_batch = params.n_ubatch = max(s.n_batch, s.n_seq_max)
+            params.n_batch = params.n_ubatch = max(s.n_batch, params.n_seq_max)
         ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not ctx:
             raise RuntimeError("llama.cpp could not create a context (out of memory?)")
@@ -679,7 +697,9 @@ class LlamaEngine:
 
     def _parked_views(self) -> list[ParkedPrefix]:
         return [
-            ParkedPrefix(key, entry.tokens, entry.last_used, len(entry.data))
+            ParkedPrefix(
+                key, entry.tokens, entry.last_used, len(entry.data), entry.base, entry.skip
+            )
             for key, entry in self._parked.items()
         ]
 
@@ -710,22 +730,40 @@ class LlamaEngine:
         budget = self.settings.cache_ram_mb << 20
         if budget <= 0:
             return
-        plan = park_plan(seq.tokens, self._parked_views())
+        plan = park_plan(seq.tokens, self._parked_views(), tails=self._scratch is not None)
         if not plan.park:
             return
-        size = llama_cpp.llama_state_seq_get_size(self._ctx, seq.seq_id)
-        if size > budget:
-            return
-        data = (ctypes.c_uint8 * size)()
-        if llama_cpp.llama_state_seq_get_data(self._ctx, data, size, seq.seq_id) != size:
-            log.warning("engine %s: could not copy a cached prefix out of the pool", self.model_id)
+        if plan.base is None:
+            data = self._copy_out(seq.seq_id, budget)
+        else:
+            assert self._scratch is not None
+            memory = llama_cpp.llama_get_memory(self._ctx)
+            llama_cpp.llama_memory_seq_cp(memory, seq.seq_id, self._scratch, plan.skip, -1)
+            try:
+                data = self._copy_out(self._scratch, budget)
+            finally:
+                llama_cpp.llama_memory_seq_rm(memory, self._scratch, -1, -1)
+        if data is None:
             return
         for key in plan.superseded:
             del self._parked[key]
         self._park_keys += 1
-        self._parked[self._park_keys] = _Parked(list(seq.tokens), data, seq.last_used)
+        self._parked[self._park_keys] = _Parked(
+            list(seq.tokens), data, seq.last_used, plan.base, plan.skip
+        )
         self._counters["parked"] += 1
         self._trim_parked()
+
+    def _copy_out(self, seq_id: int, budget: int) -> Any:
+        """Sequence `seq_id`'s KV as bytes, or None when it is over `budget` or unreadable."""
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, seq_id)
+        if size > budget:
+            return None
+        data = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(self._ctx, data, size, seq_id) != size:
+            log.warning("engine %s: could not copy a cached prefix out of the pool", self.model_id)
+            return None
+        return data
 
     def _trim_parked(self) -> None:
         """Drop parked prefixes, least recently used first, until they fit `cache_ram_mb`."""
@@ -738,33 +776,78 @@ class LlamaEngine:
         tokens it holds (0 when the pool has no room for it)."""
         assert reuse.restore is not None
         key, keep = reuse.restore, reuse.keep
-        entry = self._parked.pop(key)
-        lender = {reuse.share_from} if reuse.share_from is not None else set()
-        self._make_room(len(entry.tokens), exclude | {seq.seq_id} | lender)
-        memory = llama_cpp.llama_get_memory(self._ctx)
-        restored = llama_cpp.llama_state_seq_set_data(
-            self._ctx, entry.data, len(entry.data), seq.seq_id
-        )
-        if not restored:
+        entry = self._parked[key]
+        # A base stays parked while tails need it; any other entry is in the pool from now on.
+        if not any(other.base == key for other in self._parked.values()):
+            del self._parked[key]
+        lender = self._seqs[reuse.share_from] if reuse.share_from is not None else None
+        from_lender = lender is not None and entry.base is not None and reuse.shared >= entry.skip
+        base = None if entry.base is None or from_lender else self._parked[entry.base]
+        need = max(len(entry.tokens), len(base.tokens) if base is not None else 0)
+        self._make_room(need, exclude | {seq.seq_id} | ({lender.seq_id} if lender else set()))
+        if not self._read_in(entry, seq, base, lender if from_lender else None):
             self._drop(seq)
-            self._parked[key] = entry  # not lost: another request may fit it later
-            self._trim_parked()  # making room may have parked others meanwhile
+            # Not lost: another request may fit it later. Making room may have parked others
+            # meanwhile, and trimming the parked prefixes for them may have dropped this tail's
+            # base, without which the tail is nothing.
+            if entry.base is None or entry.base in self._parked:
+                self._parked.setdefault(key, entry)
+                self._trim_parked()
             return 0
-        seq.tokens = list(entry.tokens)
-        self._cells.extend(seq.seq_id, len(seq.tokens))
         if not self._trim(seq, keep):
             self._drop(seq)
             return 0
-        if reuse.share_from is not None:
-            source = self._seqs[reuse.share_from]
-            shared = min(reuse.shared, len(source.tokens), keep)
+        if lender is not None:
+            shared = min(reuse.shared, len(lender.tokens), keep)
             # Positions below `shared` hold the same KV in both: drop the restored copies and
             # point the sequence at the lender's cells, as an admission's prefix copy does.
+            memory = llama_cpp.llama_get_memory(self._ctx)
             if shared and llama_cpp.llama_memory_seq_rm(memory, seq.seq_id, 0, shared):
-                llama_cpp.llama_memory_seq_cp(memory, source.seq_id, seq.seq_id, 0, shared)
-                self._cells.share(source.seq_id, seq.seq_id, shared)
+                llama_cpp.llama_memory_seq_cp(memory, lender.seq_id, seq.seq_id, 0, shared)
+                self._cells.share(lender.seq_id, seq.seq_id, shared)
         self._counters["restored"] += keep
         return keep
+
+    def _read_in(
+        self, entry: _Parked, seq: _Sequence, base: _Parked | None, lender: _Sequence | None
+    ) -> bool:
+        """Write a parked entry's KV into the empty `seq`; a tail's first `skip` positions come
+        from `lender`'s cells or else from its `base` read in first. False when llama.cpp
+        finds no room (`seq` is then left for the caller to empty)."""
+        if entry.base is None:
+            if not self._set_data(entry, seq.seq_id):
+                return False
+            seq.tokens = list(entry.tokens)
+            self._cells.extend(seq.seq_id, len(seq.tokens))
+            return True
+        assert self._scratch is not None
+        memory = llama_cpp.llama_get_memory(self._ctx)
+        if lender is not None:
+            llama_cpp.llama_memory_seq_cp(memory, lender.seq_id, seq.seq_id, 0, entry.skip)
+            self._cells.copy(lender.seq_id, seq.seq_id, entry.skip)
+            seq.tokens = lender.tokens[: entry.skip]
+        else:
+            assert base is not None
+            if not self._set_data(base, seq.seq_id):
+                return False
+            seq.tokens = list(base.tokens)
+            self._cells.extend(seq.seq_id, len(seq.tokens))
+            if not self._trim(seq, entry.skip):
+                return False
+        try:
+            if not self._set_data(entry, self._scratch):
+                return False
+            llama_cpp.llama_memory_seq_cp(memory, self._scratch, seq.seq_id, entry.skip, -1)
+        finally:
+            llama_cpp.llama_memory_seq_rm(memory, self._scratch, -1, -1)
+        seq.tokens = list(entry.tokens)
+        self._cells.extend(seq.seq_id, len(entry.tokens) - entry.skip)
+        return True
+
+    def _set_data(self, entry: _Parked, seq_id: int) -> bool:
+        return bool(
+            llama_cpp.llama_state_seq_set_data(self._ctx, entry.data, len(entry.data), seq_id)
+        )
 
     def _decode_failed(self, result: int) -> None:
         if result == 1 and len(self._active) > 1:

@@ -36,6 +36,13 @@ Rules, in order:
 * Parking: a sequence of at least `MIN_PARK_TOKENS` tokens is parked unless a parked prefix
   already holds all of it; parked prefixes it extends are dropped as redundant, and the least
   recently used go when the parked bytes pass the budget.
+* A parked prefix that shares at least `SHARE_PARKED_TOKENS` with a whole parked prefix (one
+  parked with all its cells) is parked as a tail: only its cells past what they share, the
+  rest read from that base when it comes back (from the pool's matching sequence when there is
+  one, else from the base in RAM). Twelve agents on one 20k-token system prompt then hold it in
+  RAM once, not twelve times. Bases are whole, so a tail is one lookup away from its cells.
+  A base that tails depend on is never dropped as redundant, and the budget drops it only
+  after its tails.
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ MIN_PARK_TOKENS = 64
 # Fewer cells of an idle sequence cost a decode step little: llama.cpp pads the attended range
 # to 256 cells anyway.
 PARK_IDLE_TOKENS = 256
+# A shared part shorter than this is parked again with each prefix rather than read from a base.
+SHARE_PARKED_TOKENS = 256
 _CHUNK = 256
 
 
@@ -66,12 +75,15 @@ class CachedSequence:
 
 @dataclass(frozen=True)
 class ParkedPrefix:
-    """What the policy sees of one prefix parked in host RAM."""
+    """What the policy sees of one prefix parked in host RAM. A tail (`base` set) holds the
+    cells of `tokens[skip:]` only; its first `skip` tokens are parked prefix `base`'s."""
 
     key: int
     tokens: Sequence[int]
     last_used: float
     nbytes: int = 0
+    base: int | None = None
+    skip: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,10 +103,13 @@ class Reuse:
 
 @dataclass(frozen=True)
 class ParkPlan:
-    """Whether to park a sequence's KV, and which parked prefixes it makes redundant."""
+    """Whether to park a sequence's KV, which parked prefixes it makes redundant, and, for a
+    tail, the parked prefix `base` whose first `skip` tokens it shares and does not copy."""
 
     park: bool
     superseded: tuple[int, ...] = ()
+    base: int | None = None
+    skip: int = 0
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -131,11 +146,11 @@ def choose_sequence(
     scored = [(min(common_prefix(prompt, seq.tokens), limit), seq) for seq in sequences]
     # Longest prefix wins; on a tie an idle sequence (no copy needed), then the freshest.
     best_len, best = max(scored, key=lambda item: (item[0], not item[1].busy, item[1].last_used))
-    if parked:
-        parked_len, entry = max(
-            ((min(common_prefix(prompt, p.tokens), limit), p) for p in parked),
-            key=lambda item: (item[0], item[1].last_used),
-        )
+    # A tail matched no further than its base holds nothing of its own worth bringing back.
+    matches = [(min(common_prefix(prompt, p.tokens), limit), p) for p in parked]
+    matches = [(length, p) for length, p in matches if length > p.skip]
+    if matches:
+        parked_len, entry = max(matches, key=lambda item: (item[0], item[1].last_used))
         if parked_len >= best_len + KEEP_TAIL_TOKENS:
             # The pool's best match (a shared system prompt, typically) lends its cells to the
             # restored prefix, unless it is the one sequence there is to restore into.
@@ -160,18 +175,25 @@ def choose_sequence(
     return Reuse(_victim(others).seq_id, best_len, copy_from=best.seq_id)
 
 
-def park_plan(tokens: Sequence[int], parked: Sequence[ParkedPrefix]) -> ParkPlan:
-    """Whether a sequence holding `tokens` that gives way is worth parking (module rules)."""
+def park_plan(
+    tokens: Sequence[int], parked: Sequence[ParkedPrefix], *, tails: bool = True
+) -> ParkPlan:
+    """Whether a sequence holding `tokens` that gives way is worth parking, and how (module
+    rules); `tails` False parks every prefix whole (memories that cannot copy a range)."""
     if len(tokens) < MIN_PARK_TOKENS:
         return ParkPlan(park=False)
+    bases = {entry.base for entry in parked if entry.base is not None}
     superseded = []
+    base, skip = None, 0
     for entry in parked:
         shared = common_prefix(tokens, entry.tokens)
         if shared == len(tokens):
             return ParkPlan(park=False)  # already parked whole (or inside a longer one)
-        if shared == len(entry.tokens):
+        if shared == len(entry.tokens) and entry.key not in bases:
             superseded.append(entry.key)
-    return ParkPlan(park=True, superseded=tuple(superseded))
+        elif tails and entry.base is None and shared >= SHARE_PARKED_TOKENS and shared > skip:
+            base, skip = entry.key, shared
+    return ParkPlan(park=True, superseded=tuple(superseded), base=base, skip=skip)
 
 
 def idle_to_park(sequences: Sequence[CachedSequence]) -> list[int]:
@@ -190,10 +212,20 @@ def idle_to_park(sequences: Sequence[CachedSequence]) -> list[int]:
 
 
 def parked_over_budget(parked: Sequence[ParkedPrefix], budget_bytes: int) -> list[int]:
-    """Parked prefixes to drop, least recently used first, to bring them within the budget."""
+    """Parked prefixes to drop, least recently used first, to bring them within the budget.
+    A base counts as recent as its freshest tail and goes after its tails, so that no tail
+    outlives its base."""
     total = sum(entry.nbytes for entry in parked)
+    tails: dict[int, list[float]] = {}
+    for entry in parked:
+        if entry.base is not None:
+            tails.setdefault(entry.base, []).append(entry.last_used)
+
+    def order(entry: ParkedPrefix) -> tuple[float, bool]:
+        return max([entry.last_used, *tails.get(entry.key, ())]), entry.key in tails
+
     drop = []
-    for entry in sorted(parked, key=lambda entry: entry.last_used):
+    for entry in sorted(parked, key=order):
         if total <= budget_bytes:
             break
         drop.append(entry.key)

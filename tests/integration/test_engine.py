@@ -245,6 +245,41 @@ async def test_a_prefix_back_from_ram_shares_the_system_prompt_in_the_pool(
         assert small.stats().restored_tokens == stats.restored_tokens
 
 
+@pytest.mark.parametrize("model", ["smollm", "gemma"])
+async def test_prefixes_parked_on_one_system_prompt_hold_it_in_ram_once(
+    model: str, request: pytest.FixtureRequest
+) -> None:
+    """The second conversation parked is a tail of the first; it comes back right both on the
+    cells of a pool sequence holding the system prompt and, with none there, from RAM."""
+    path = request.getfixturevalue(f"{model}_path")
+    settings = LlamaSettings(str(path), n_ctx=1024, parallel=1, cache_ram_mb=64)
+    async with started(f"{model}-tails", settings) as small:
+        sea, sky, sand = (sharing_conversation(t) for t in ("Sea", "Sky", "Sand"))
+        length = len(await small.tokenize(sand + " 5,"))
+        await run(small, sky, max_tokens=4)
+        cold = await greedy_tokens(small, sand + " 5,", reuse_prefix=False)
+        await run(small, sea, max_tokens=4)  # Sky makes way: parked whole
+        whole = small.stats().parked_bytes
+        await run(small, "Waves. " * 40 + CONFIDENT[1], max_tokens=4)  # Sand makes way
+        stats = small.stats()
+        assert stats.parked_prefixes == 2
+        # Sand is longer than Sky, but only its part past the system prompt (~30 %) is copied.
+        assert 0 < stats.parked_bytes - whole < whole / 2, (whole, stats.parked_bytes)
+
+        before = stats.kv_cells_used
+        warm = await greedy_tokens(small, sand + " 5,")  # Sea, in the pool, lends its cells
+        after = small.stats()
+        assert after.restored_tokens >= length - 4
+        assert after.kv_cells_used - before < length / 2, (before, after.kv_cells_used)
+        assert assert_same_greedy_text(cold, warm) >= 8
+
+        for topic in ("Tides", "Reefs"):  # push Sea and Sand out: no lender left in the pool
+            await run(small, f"{topic}. " * 40 + CONFIDENT[1], max_tokens=4)
+        from_ram = await greedy_tokens(small, sand + " 5,")
+        assert small.stats().restored_tokens - after.restored_tokens >= length - 4
+        assert assert_same_greedy_text(cold, from_ram) >= 8
+
+
 async def test_without_host_ram_a_pushed_out_prefix_is_read_again(smollm_path: Path) -> None:
     settings = LlamaSettings(str(smollm_path), n_ctx=512, parallel=1, cache_ram_mb=0)
     async with started("smol-no-ram", settings) as small:

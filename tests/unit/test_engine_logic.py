@@ -9,6 +9,7 @@ from neuron.engine.prefix import (
     KEEP_TAIL_TOKENS,
     MIN_PARK_TOKENS,
     PARK_IDLE_TOKENS,
+    SHARE_PARKED_TOKENS,
     CachedSequence,
     ParkedPrefix,
     ParkPlan,
@@ -175,8 +176,25 @@ def test_choose_sequence(
     assert choose_sequence(prompt, sequences, reuse=reuse) == expected
 
 
-def parked(key: int, tokens: list[int], last_used: float = 0.0, nbytes: int = 0) -> ParkedPrefix:
-    return ParkedPrefix(key, tokens, last_used, nbytes)
+def parked(
+    key: int,
+    tokens: list[int],
+    last_used: float = 0.0,
+    nbytes: int = 0,
+    *,
+    base: int | None = None,
+    skip: int = 0,
+) -> ParkedPrefix:
+    return ParkedPrefix(key, tokens, last_used, nbytes, base=base, skip=skip)
+
+
+# Three agents on one long system prompt, each with a turn of its own, parked as a base and
+# two tails.
+BASE = list(range(9000, 9000 + SHARE_PARKED_TOKENS))
+AGENT_A = [*BASE, *range(100, 180)]
+AGENT_B = [*BASE, *range(200, 280)]
+AGENT_C = [*BASE, *range(200, 240), *range(300, 340)]
+TAIL_B = parked(2, AGENT_B, base=1, skip=len(BASE))
 
 
 @pytest.mark.parametrize(
@@ -231,6 +249,22 @@ def parked(key: int, tokens: list[int], last_used: float = 0.0, nbytes: int = 0)
         (CONV_A, [seq(0, [])], [parked(9, CONV_A)], Reuse(0, len(CONV_A) - 1, restore=9)),
         # every sequence busy: wait, whatever is parked
         ([*CONV_A, 7], [seq(0, CONV_B, busy=True)], [parked(9, CONV_A)], None),
+        # a tail comes back on the cells of the pool sequence that holds its base's part
+        (
+            [*AGENT_B, 7],
+            [seq(0, AGENT_A), seq(1, [])],
+            [parked(1, AGENT_A), TAIL_B],
+            Reuse(1, len(AGENT_B), restore=2, share_from=0, shared=len(BASE)),
+        ),
+        # ... or, with no such sequence, alone (the engine reads the base's part from RAM)
+        (
+            [*AGENT_B, 7],
+            [seq(0, [])],
+            [parked(1, AGENT_A), TAIL_B],
+            Reuse(0, len(AGENT_B), restore=2),
+        ),
+        # a tail matched no further than its base has nothing of its own: the base comes back
+        ([*BASE, 7], [seq(0, [])], [parked(1, AGENT_A), TAIL_B], Reuse(0, len(BASE), restore=1)),
     ],
 )
 def test_choose_sequence_with_parked_prefixes(
@@ -265,10 +299,32 @@ LONG = list(range(5000, 5000 + 2 * MIN_PARK_TOKENS))
             [parked(1, LONG[:70]), parked(2, LONG[:100]), parked(3, [*LONG[:70], -1, -2])],
             ParkPlan(park=True, superseded=(1, 2)),
         ),
+        # a long part shared with a whole parked prefix is not copied again: a tail of it
+        (AGENT_B, [parked(1, AGENT_A)], ParkPlan(park=True, base=1, skip=len(BASE))),
+        # ... a shorter one is
+        (
+            [*BASE[:-1], *range(200, 280)],
+            [parked(1, AGENT_A)],
+            ParkPlan(park=True),
+        ),
+        # a tail is never a base, though it shares more: bases are whole
+        (AGENT_C, [parked(1, AGENT_A), TAIL_B], ParkPlan(park=True, base=1, skip=len(BASE))),
+        # a base that tails depend on is not redundant, even when extended
+        (
+            AGENT_A,
+            [parked(1, BASE), parked(2, AGENT_B, base=1, skip=len(BASE))],
+            ParkPlan(park=True, base=1, skip=len(BASE)),
+        ),
+        # ... one without tails is
+        (AGENT_A, [parked(1, BASE)], ParkPlan(park=True, superseded=(1,))),
     ],
 )
 def test_park_plan(tokens: list[int], in_ram: list[ParkedPrefix], expected: ParkPlan) -> None:
     assert park_plan(tokens, in_ram) == expected
+
+
+def test_memories_that_cannot_copy_a_range_park_every_prefix_whole() -> None:
+    assert park_plan(AGENT_B, [parked(1, AGENT_A)], tails=False) == ParkPlan(park=True)
 
 
 IDLE = list(range(7000, 7000 + PARK_IDLE_TOKENS))
@@ -300,6 +356,17 @@ def test_parked_prefixes_over_budget_go_least_recently_used_first() -> None:
     assert parked_over_budget(entries, 250) == [2]
     assert parked_over_budget(entries, 100) == [2, 3]
     assert parked_over_budget(entries, 0) == [2, 3, 1]
+
+
+def test_a_base_is_as_recent_as_its_freshest_tail_and_goes_after_its_tails() -> None:
+    base = parked(1, BASE, 1.0, 100)
+    tail = parked(2, AGENT_B, 5.0, 10, base=1, skip=len(BASE))
+    other = parked(3, CONV_A, 3.0, 100)
+    assert parked_over_budget([base, tail, other], 200) == [3]
+    assert parked_over_budget([base, tail, other], 105) == [3, 2]
+    assert parked_over_budget([base, tail, other], 0) == [3, 2, 1]
+    stale_tail = parked(4, AGENT_C, 0.5, 10, base=1, skip=len(BASE))
+    assert parked_over_budget([base, stale_tail, tail], 0) == [4, 2, 1]
 
 
 @pytest.mark.parametrize(
