@@ -147,11 +147,19 @@ class _Parked:
     set) holds the cells of positions `skip` and on; the first `skip` are parked prefix
     `base`'s (`prefix.park_plan`)."""
 
+    key: int
     tokens: list[int]
     data: Any  # ctypes c_uint8 array
     last_used: float
     base: int | None = None
     skip: int = 0
+    # What the policy sees of it, made once: admissions look at every parked prefix.
+    view: ParkedPrefix = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.view = ParkedPrefix(
+            self.key, self.tokens, self.last_used, len(self.data), self.base, self.skip
+        )
 
 
 @dataclass
@@ -696,12 +704,7 @@ class LlamaEngine:
         return [CachedSequence(s.seq_id, s.tokens, s.last_used, s.busy) for s in self._seqs]
 
     def _parked_views(self) -> list[ParkedPrefix]:
-        return [
-            ParkedPrefix(
-                key, entry.tokens, entry.last_used, len(entry.data), entry.base, entry.skip
-            )
-            for key, entry in self._parked.items()
-        ]
+        return [entry.view for entry in self._parked.values()]
 
     def _evict(self, seq: _Sequence) -> None:
         """Empty an idle sequence, parking its KV in host RAM when that is worth it."""
@@ -748,8 +751,9 @@ class LlamaEngine:
         for key in plan.superseded:
             del self._parked[key]
         self._park_keys += 1
-        self._parked[self._park_keys] = _Parked(
-            list(seq.tokens), data, seq.last_used, plan.base, plan.skip
+        key = self._park_keys
+        self._parked[key] = _Parked(
+            key, list(seq.tokens), data, seq.last_used, plan.base, plan.skip
         )
         self._counters["parked"] += 1
         self._trim_parked()

@@ -112,16 +112,39 @@ class ParkPlan:
     skip: int = 0
 
 
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two token lists."""
+def common_prefix(a: Sequence[int], b: Sequence[int], start: int = 0) -> int:
+    """Length of the longest common prefix of two token lists whose first `start` agree."""
     limit = min(len(a), len(b))
-    start = 0
     # Compare whole chunks first (list equality runs in C), then walk the first unequal one.
     while start + _CHUNK <= limit and a[start : start + _CHUNK] == b[start : start + _CHUNK]:
         start += _CHUNK
     while start < limit and a[start] == b[start]:
         start += 1
     return start
+
+
+def parked_matches(
+    prompt: Sequence[int], parked: Sequence[ParkedPrefix]
+) -> list[tuple[int, ParkedPrefix]]:
+    """`common_prefix(prompt, entry.tokens)` for every parked prefix, in order. A tail's first
+    `skip` tokens are its base's, so the prompt is compared with them once per base and with
+    each tail from there on: a thousand tails of one 2 600-token system prompt cost one long
+    comparison and a thousand short ones, not a thousand long ones."""
+    by_key = {entry.key: entry for entry in parked}
+    on_base: dict[int, int] = {}
+    matches = []
+    for entry in parked:
+        base = by_key.get(entry.base) if entry.base is not None else None
+        if base is None:
+            matches.append((common_prefix(prompt, entry.tokens), entry))
+            continue
+        if base.key not in on_base:
+            on_base[base.key] = common_prefix(prompt, base.tokens)
+        shared = on_base[base.key]
+        # Parting from the base before the tail's own part is parting from the tail there too.
+        length = shared if shared < entry.skip else common_prefix(prompt, entry.tokens, entry.skip)
+        matches.append((length, entry))
+    return matches
 
 
 def _victim(candidates: Sequence[CachedSequence]) -> CachedSequence:
@@ -147,7 +170,7 @@ def choose_sequence(
     # Longest prefix wins; on a tie an idle sequence (no copy needed), then the freshest.
     best_len, best = max(scored, key=lambda item: (item[0], not item[1].busy, item[1].last_used))
     # A tail matched no further than its base holds nothing of its own worth bringing back.
-    matches = [(min(common_prefix(prompt, p.tokens), limit), p) for p in parked]
+    matches = [(min(n, limit), p) for n, p in parked_matches(prompt, parked)]
     matches = [(length, p) for length, p in matches if length > p.skip]
     if matches:
         parked_len, entry = max(matches, key=lambda item: (item[0], item[1].last_used))
@@ -185,8 +208,7 @@ def park_plan(
     bases = {entry.base for entry in parked if entry.base is not None}
     superseded = []
     base, skip = None, 0
-    for entry in parked:
-        shared = common_prefix(tokens, entry.tokens)
+    for shared, entry in parked_matches(tokens, parked):
         if shared == len(tokens):
             return ParkPlan(park=False)  # already parked whole (or inside a longer one)
         if shared == len(entry.tokens) and entry.key not in bases:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from neuron.engine.batching import BatchSlice, SequenceNeed, plan_batch
@@ -19,6 +21,7 @@ from neuron.engine.prefix import (
     common_prefix,
     idle_to_park,
     park_plan,
+    parked_matches,
     parked_over_budget,
 )
 from neuron.engine.text import TextAssembler
@@ -321,6 +324,28 @@ LONG = list(range(5000, 5000 + 2 * MIN_PARK_TOKENS))
 )
 def test_park_plan(tokens: list[int], in_ram: list[ParkedPrefix], expected: ParkPlan) -> None:
     assert park_plan(tokens, in_ram) == expected
+
+
+def test_parked_matches_agree_with_comparing_every_whole_prefix() -> None:
+    rng = random.Random(20261204)
+    whole = parked(1, [*BASE, *range(100, 180)])
+    entries = [whole, parked(9, CONV_A)]
+    for key in range(2, 40):  # tails parting from the base at various points past 256 tokens
+        cut = rng.randrange(SHARE_PARKED_TOKENS, len(whole.tokens))
+        tokens = [*whole.tokens[:cut], *(rng.randrange(10**6, 2 * 10**6) for _ in range(50))]
+        entries.append(parked(key, tokens, base=1, skip=common_prefix(tokens, whole.tokens)))
+    prompts = [
+        [*BASE[:100], 5],  # parts from the base before any tail's own part
+        whole.tokens,
+        [*whole.tokens, 7],
+        *(entry.tokens[: rng.randrange(1, len(entry.tokens) + 1)] for entry in entries),
+        *([*entry.tokens, 7] for entry in entries[2:12]),
+        CONV_A,
+        [],
+    ]
+    for prompt in prompts:
+        got = [length for length, _ in parked_matches(prompt, entries)]
+        assert got == [common_prefix(prompt, entry.tokens) for entry in entries]
 
 
 def test_memories_that_cannot_copy_a_range_park_every_prefix_whole() -> None:
