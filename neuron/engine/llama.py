@@ -157,9 +157,12 @@ class _Parked:
     view: ParkedPrefix = field(init=False)
 
     def __post_init__(self) -> None:
-        self.view = ParkedPrefix(
-            self.key, self.tokens, self.last_used, len(self.data), self.base, self.skip
-        )
+        self.touch(self.last_used)
+
+    def touch(self, at: float) -> None:
+        """Used at `at` (as recent as the pool's copy of it, which gives way)."""
+        self.last_used = at
+        self.view = ParkedPrefix(self.key, self.tokens, at, len(self.data), self.base, self.skip)
 
 
 @dataclass
@@ -734,6 +737,11 @@ class LlamaEngine:
         if budget <= 0:
             return
         plan = park_plan(seq.tokens, self._parked_views(), tails=self._scratch is not None)
+        if plan.covered_by is not None:
+            # RAM holds it already (a base its tails kept there): the budget must see it as
+            # used now, not as when it was parked.
+            covering = self._parked[plan.covered_by]
+            covering.touch(max(covering.last_used, seq.last_used))
         if not plan.park:
             return
         if plan.base is None:

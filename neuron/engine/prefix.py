@@ -34,8 +34,9 @@ Rules, in order:
   running sequence — number at least `PARK_IDLE_TOKENS` is parked, as llama-server's
   `--cache-idle-slots` does on a unified pool.
 * Parking: a sequence of at least `MIN_PARK_TOKENS` tokens is parked unless a parked prefix
-  already holds all of it; parked prefixes it extends are dropped as redundant, and the least
-  recently used go when the parked bytes pass the budget.
+  already holds all of it (that one then counts as used when the sequence was); parked
+  prefixes it extends are dropped as redundant, and the least recently used go when the parked
+  bytes pass the budget.
 * A parked prefix that shares at least `SHARE_PARKED_TOKENS` with a whole parked prefix (one
   parked with all its cells) is parked as a tail: only its cells past what they share, the
   rest read from that base when it comes back (from the pool's matching sequence when there is
@@ -104,12 +105,15 @@ class Reuse:
 @dataclass(frozen=True)
 class ParkPlan:
     """Whether to park a sequence's KV, which parked prefixes it makes redundant, and, for a
-    tail, the parked prefix `base` whose first `skip` tokens it shares and does not copy."""
+    tail, the parked prefix `base` whose first `skip` tokens it shares and does not copy. When
+    a parked prefix holds all of it already, `covered_by` names that one: it is as recent as
+    the sequence now."""
 
     park: bool
     superseded: tuple[int, ...] = ()
     base: int | None = None
     skip: int = 0
+    covered_by: int | None = None
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int], start: int = 0) -> int:
@@ -209,8 +213,8 @@ def park_plan(
     superseded = []
     base, skip = None, 0
     for shared, entry in parked_matches(tokens, parked):
-        if shared == len(tokens):
-            return ParkPlan(park=False)  # already parked whole (or inside a longer one)
+        if shared == len(tokens):  # already parked whole (or inside a longer one)
+            return ParkPlan(park=False, covered_by=entry.key)
         if shared == len(entry.tokens) and entry.key not in bases:
             superseded.append(entry.key)
         elif tails and entry.base is None and shared >= SHARE_PARKED_TOKENS and shared > skip:

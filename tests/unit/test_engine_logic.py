@@ -293,9 +293,9 @@ LONG = list(range(5000, 5000 + 2 * MIN_PARK_TOKENS))
         # too short to be worth a copy
         (LONG[: MIN_PARK_TOKENS - 1], [], ParkPlan(park=False)),
         (LONG[:MIN_PARK_TOKENS], [], ParkPlan(park=True)),
-        # already parked whole, or inside a longer parked prefix
-        (LONG, [parked(1, LONG)], ParkPlan(park=False)),
-        (LONG[:100], [parked(1, LONG)], ParkPlan(park=False)),
+        # already parked whole, or inside a longer parked prefix, which is then as recent
+        (LONG, [parked(1, LONG)], ParkPlan(park=False, covered_by=1)),
+        (LONG[:100], [parked(1, LONG)], ParkPlan(park=False, covered_by=1)),
         # it extends parked prefixes: they go, a diverging one stays
         (
             LONG,
