@@ -280,6 +280,27 @@ async def test_prefixes_parked_on_one_system_prompt_hold_it_in_ram_once(
         assert assert_same_greedy_text(cold, from_ram) >= 8
 
 
+async def test_conversations_parked_and_restored_under_load_keep_their_text(
+    smollm_path: Path,
+) -> None:
+    """Six agents on one system prompt, three rounds at once on a model with four sequences:
+    every round parks, restores (tails included) and makes room while others decode."""
+    settings = LlamaSettings(
+        str(smollm_path), n_ctx=1024, parallel=2, cache_ram_mb=64, park_idle=True
+    )
+    async with started("smol-churn", settings) as small:
+        prompts = [sharing_conversation(t) + " 5," for t in ("Ant", "Bee", "Cat", "Doe", "Elk")]
+        prompts.append("Waves. " * 90 + CONFIDENT[1])  # one that shares nothing
+        alone = [await greedy_tokens(small, prompt, reuse_prefix=False) for prompt in prompts]
+        for _ in range(3):
+            together = await asyncio.gather(*(greedy_tokens(small, p) for p in prompts))
+            agreed = [assert_same_greedy_text(a, b) for a, b in zip(alone, together, strict=True)]
+            assert sum(agreed) >= 3 * 24, agreed
+        stats = small.stats()
+        assert stats.restored_tokens > 3 * 600 and stats.parked_total > 6
+        assert stats.slots_busy == 0 and stats.waiting == 0
+
+
 async def test_without_host_ram_a_pushed_out_prefix_is_read_again(smollm_path: Path) -> None:
     settings = LlamaSettings(str(smollm_path), n_ctx=512, parallel=1, cache_ram_mb=0)
     async with started("smol-no-ram", settings) as small:
