@@ -84,6 +84,11 @@ class ModelSlot:
     n_layers: int | None = None
     tok_s_decode: float | None = None
     error: str | None = None
+    # The engine's KV pool and host-RAM prefix cache, as the neuron's /health reports them
+    # (None from a neuron that does not).
+    kv_cells_used: int | None = None
+    kv_cells_total: int | None = None
+    parked_mb: float | None = None
 
     @property
     def busy(self) -> bool:

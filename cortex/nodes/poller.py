@@ -161,6 +161,11 @@ def _node_state(
                 n_layers=model.n_layers,
                 tok_s_decode=stats.tok_s_decode if stats else None,
                 error=error if isinstance(error, str) else None,
+                kv_cells_used=stats.kv_cells_used if stats else None,
+                kv_cells_total=stats.kv_cells_total if stats else None,
+                parked_mb=stats.parked_bytes / (1 << 20)
+                if stats and stats.parked_bytes is not None
+                else None,
             )
         )
     return NodeState(

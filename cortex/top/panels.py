@@ -291,6 +291,10 @@ class NodeView:
             columns.append("VRAM" if self.gpus else "RAM")
         if self.inner >= 80:
             columns.append("req/s")
+        if self.inner >= 90:
+            columns.append("KV")  # the share of the model's KV pool in use
+        if self.inner >= 100:
+            columns.append("parked")  # host RAM holding prefixes moved out of the pool
         return [*columns, "idle"]
 
     def _rows(self) -> list[tuple[str, Doc | None, Doc | None]]:
@@ -333,8 +337,19 @@ class NodeView:
             "VRAM": mib(mem) if isinstance(mem, int | float) else "–",
             "RAM": mib(mem) if isinstance(mem, int | float) else "–",
             "req/s": fmt(stats.get("requests_per_s"), ".2f"),
+            "KV": kv_share(slot.get("kv_cells_used"), slot.get("kv_cells_total")),
+            "parked": mib(parked)
+            if isinstance(parked := slot.get("parked_mb"), int | float)
+            else "–",
             "idle": idle,
         }
+
+
+def kv_share(used: Any, total: Any) -> str:
+    """`37%` of the KV pool's cells in use; a dash when the neuron does not say."""
+    if not isinstance(used, int) or not isinstance(total, int) or total <= 0:
+        return "–"
+    return f"{round(100 * used / total)}%"
 
 
 def bar_cells(parts: Sequence[float], total: float, width: int) -> list[int]:

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -117,6 +118,30 @@ def test_load_then_models_shows_it_on_the_node_with_vram(fleet: CortexProcess) -
         vram = int(line.split("│")[4].strip().replace(",", ""))
         assert 100 < vram < 1000  # SmolLM2 at n_ctx 1024 plans about 213 MiB
     assert "1/1 nodes up, 2 models resident" in ok("status", url=fleet.url)
+
+
+def test_the_fleet_carries_each_models_kv_pool_and_parked_ram(fleet: CortexProcess) -> None:
+    """What `cortex top` shows in its KV and parked columns, from the neuron's /health."""
+    ok("load", "smol-a", url=fleet.url)
+    answer = httpx.post(
+        f"{fleet.url}/v1/completions",
+        json={"model": "smol-a", "prompt": "1, 2, 3,", "max_tokens": 4},
+        timeout=60,
+    )
+    assert answer.status_code == 200
+    deadline = time.monotonic() + 15  # the next poll of the node brings it
+    while True:
+        slots = [
+            s for n in fleet.fleet()["nodes"] for s in n["models"] if s["model_id"] == "smol-a"
+        ]
+        if slots and slots[0]["kv_cells_used"]:
+            break
+        assert time.monotonic() < deadline, slots
+        time.sleep(0.2)
+    slot = slots[0]
+    # n_ctx 1024 × the neuron's default 4 sequences; the finished request stays cached
+    assert slot["kv_cells_total"] == 4096 and 0 < slot["kv_cells_used"] < 100
+    assert slot["parked_mb"] == 0.0
 
 
 def test_json_output_parses(fleet: CortexProcess) -> None:

@@ -10,6 +10,7 @@ import pytest
 from rich.cells import cell_len
 from rich.console import Console
 
+from cortex.top.panels import kv_share
 from cortex.top.view import FREE_CHAR, MODEL_CHARS, OTHER_CHAR, bar_cells, dur, render
 
 NOW = 1_700_000_000.0
@@ -200,6 +201,43 @@ def test_model_table_columns() -> None:
     assert "1m15s" in smol  # idle since last_used_at, measured against the document's now
     phi = next(line for line in text.splitlines() if "phi-3" in line)
     assert "load 12s" in phi  # a cold load heading to beta, elapsed from loading[].since
+
+
+def test_wide_model_tables_show_the_kv_pool_and_parked_prefixes() -> None:
+    engine = {"kv_cells_used": 3793, "kv_cells_total": 16384, "parked_mb": 69.1}
+    doc = fleet(
+        nodes=[
+            node(
+                "alpha",
+                [gpu(0, 24576, 10000)],
+                [slot("llama-8b", "alpha", 9000, **engine), slot("smol", "alpha", 213)],
+            )
+        ]
+    )
+    lines = screen(doc, 240, 50)
+    header = next(line for line in lines if "tok/s" in line and "idle" in line)
+    assert "KV" in header and "parked" in header
+    llama = next(line for line in lines if "llama-8b" in line and "23%" in line)
+    assert "69M" in llama
+    smol = next(line for line in lines if "■ smol" in line)  # an older neuron says neither
+    assert "23%" not in smol and "69M" not in smol
+    narrow = screen(doc, 80, 24)
+    assert not any("parked" in line for line in narrow)  # the first columns to go
+
+
+@pytest.mark.parametrize(
+    ("used", "total", "text"),
+    [
+        (3793, 16384, "23%"),
+        (0, 16384, "0%"),
+        (16384, 16384, "100%"),
+        (None, 16384, "–"),
+        (5, 0, "–"),
+        (5, None, "–"),
+    ],
+)
+def test_kv_share(used: int | None, total: int | None, text: str) -> None:
+    assert kv_share(used, total) == text
 
 
 def test_vram_bar_segments_show_who_uses_the_memory() -> None:
