@@ -163,9 +163,7 @@ def _node_state(
                 error=error if isinstance(error, str) else None,
                 kv_cells_used=stats.kv_cells_used if stats else None,
                 kv_cells_total=stats.kv_cells_total if stats else None,
-                parked_mb=stats.parked_bytes / (1 << 20)
-                if stats and stats.parked_bytes is not None
-                else None,
+                parked_mb=_mib(stats.parked_bytes) if stats else None,
             )
         )
     return NodeState(
@@ -182,3 +180,7 @@ def _node_state(
         misses=0,
         evictions_since_defrag=previous.evictions_since_defrag,
     )
+
+
+def _mib(nbytes: int | None) -> float | None:
+    return None if nbytes is None else nbytes / (1 << 20)

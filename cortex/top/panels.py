@@ -318,6 +318,7 @@ class NodeView:
         stats = self.stats.get(model) or {}
         p50, p95 = stats.get("ttft_p50_s"), stats.get("ttft_p95_s")
         mem = slot.get("vram_used_mb") if self.gpus else slot.get("ram_used_mb")
+        parked = slot.get("parked_mb")
         if not slot:
             idle = "–"
         elif slot.get("in_flight") or slot.get("queue_depth"):
@@ -338,9 +339,7 @@ class NodeView:
             "RAM": mib(mem) if isinstance(mem, int | float) else "–",
             "req/s": fmt(stats.get("requests_per_s"), ".2f"),
             "KV": kv_share(slot.get("kv_cells_used"), slot.get("kv_cells_total")),
-            "parked": mib(parked)
-            if isinstance(parked := slot.get("parked_mb"), int | float)
-            else "–",
+            "parked": mib(parked) if isinstance(parked, int | float) else "–",
             "idle": idle,
         }
 
