@@ -349,6 +349,19 @@ class _FleetCollector(Collector):
         queued = GaugeMetricFamily(
             "cortex_model_queue_depth", "Requests queued per replica", labels=["node", "model"]
         )
+        kv_used = GaugeMetricFamily(
+            "cortex_model_kv_cells_used",
+            "KV pool cells in use per replica, as its neuron reports",
+            labels=["node", "model"],
+        )
+        kv_total = GaugeMetricFamily(
+            "cortex_model_kv_cells", "KV pool cells per replica", labels=["node", "model"]
+        )
+        parked = GaugeMetricFamily(
+            "cortex_model_parked_bytes",
+            "Host RAM holding a replica's cached prefixes parked out of its KV pool",
+            labels=["node", "model"],
+        )
         mib = 1024 * 1024
         for node in snapshot.nodes.values():
             up.add_metric([node.name], 1.0 if node.up else 0.0)
@@ -366,6 +379,11 @@ class _FleetCollector(Collector):
                     estimate.add_metric([node.name, model], slot.estimate_mb * mib)
                 in_flight.add_metric([node.name, model], slot.in_flight)
                 queued.add_metric([node.name, model], slot.queue_depth)
+                if slot.kv_cells_total is not None:
+                    kv_total.add_metric([node.name, model], slot.kv_cells_total)
+                    kv_used.add_metric([node.name, model], slot.kv_cells_used or 0)
+                if slot.parked_mb is not None:
+                    parked.add_metric([node.name, model], slot.parked_mb * mib)
         yield from (
             up,
             cordoned,
@@ -378,4 +396,7 @@ class _FleetCollector(Collector):
             estimate,
             in_flight,
             queued,
+            kv_used,
+            kv_total,
+            parked,
         )

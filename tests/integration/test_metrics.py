@@ -3,6 +3,8 @@ prometheus-client's own parser."""
 
 from __future__ import annotations
 
+import time
+
 import anthropic
 import httpx
 import openai
@@ -91,6 +93,15 @@ def test_token_counts_match_usage_and_eviction_reason(fleet) -> None:
     assert value(text, "cortex_model_resident", model="smol-a", state="ready") == 1
     assert value(text, "cortex_node_up", node="n1") == 1
     assert value(text, "cortex_model_vram_estimate_bytes", model="smol-a") > 200 * 2**20
+    # the engine's KV pool, from the neuron's /health at the next poll
+    deadline = time.monotonic() + 15
+    while not value(scrape(cortex), "cortex_model_kv_cells_used", model="smol-a"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    text = scrape(cortex)
+    assert 0 < value(text, "cortex_model_kv_cells_used", model="smol-a") < 1024
+    assert value(text, "cortex_model_kv_cells", model="smol-a") >= 1024
+    assert value(text, "cortex_model_parked_bytes", model="smol-a") == 0
     # the neuron counts the same tokens at the source
     neuron_text = httpx.get(neuron.url + "/metrics").text
     assert value(neuron_text, "neuron_completion_tokens_total", model="smol-a") == completion
