@@ -333,34 +333,25 @@ class _FleetCollector(Collector):
             "1 per resident model and state",
             labels=["node", "model", "state"],
         )
-        used = GaugeMetricFamily(
-            "cortex_model_vram_used_bytes",
-            "VRAM a resident model holds (as the neuron reports)",
-            labels=["node", "model"],
+
+        def per_replica(name: str, documentation: str) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, documentation, labels=["node", "model"])
+
+        used = per_replica(
+            "cortex_model_vram_used_bytes", "VRAM a resident model holds (as the neuron reports)"
         )
-        estimate = GaugeMetricFamily(
-            "cortex_model_vram_estimate_bytes",
-            "The neuron's estimate for a full offload",
-            labels=["node", "model"],
+        estimate = per_replica(
+            "cortex_model_vram_estimate_bytes", "The neuron's estimate for a full offload"
         )
-        in_flight = GaugeMetricFamily(
-            "cortex_model_in_flight", "Requests running per replica", labels=["node", "model"]
+        in_flight = per_replica("cortex_model_in_flight", "Requests running per replica")
+        queued = per_replica("cortex_model_queue_depth", "Requests queued per replica")
+        kv_used = per_replica(
+            "cortex_model_kv_cells_used", "KV pool cells in use per replica, as its neuron reports"
         )
-        queued = GaugeMetricFamily(
-            "cortex_model_queue_depth", "Requests queued per replica", labels=["node", "model"]
-        )
-        kv_used = GaugeMetricFamily(
-            "cortex_model_kv_cells_used",
-            "KV pool cells in use per replica, as its neuron reports",
-            labels=["node", "model"],
-        )
-        kv_total = GaugeMetricFamily(
-            "cortex_model_kv_cells", "KV pool cells per replica", labels=["node", "model"]
-        )
-        parked = GaugeMetricFamily(
+        kv_total = per_replica("cortex_model_kv_cells", "KV pool cells per replica")
+        parked = per_replica(
             "cortex_model_parked_bytes",
             "Host RAM holding a replica's cached prefixes parked out of its KV pool",
-            labels=["node", "model"],
         )
         mib = 1024 * 1024
         for node in snapshot.nodes.values():
